@@ -1,0 +1,65 @@
+// Operator schemas of videoconv, declared once for every backend.
+//
+// Device kernels register themselves against these schemas from their own files
+// (csrc/cpu/*.cpp with TORCH_LIBRARY_IMPL(videoconv, CPU, m), csrc/cuda/*.cu with
+// TORCH_LIBRARY_IMPL(videoconv, CUDA, m)); Python-side kernels (Triton) use
+// torch.library.register_kernel, and fakes/autograd are registered in videoconv/ops.
+// The schema strings are mirrored in videoconv/ops/schemas.py so the package still declares the
+// ops when this extension is not built; tests/test_extension.py checks that the two agree.
+
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+
+// The extension is imported from Python (`from videoconv import _C`) only for the side effect
+// of running the TORCH_LIBRARY static initialisers below; it exposes no Python functions.
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+namespace videoconv {
+
+// What this binary was built with, for `videoconv info` (a CPU-only build and a CUDA build of
+// the same revision behave differently, and a bug report needs to say which one ran).
+std::string build_info() {
+  std::string info = "compiler=";
+#if defined(__clang__)
+  info += "clang " __clang_version__;
+#elif defined(__GNUC__)
+  info += "gcc " + std::to_string(__GNUC__) + "." + std::to_string(__GNUC_MINOR__) + "." +
+          std::to_string(__GNUC_PATCHLEVEL__);
+#else
+  info += "unknown";
+#endif
+#ifdef VIDEOCONV_WITH_CUDA
+  info += "; cuda=yes";
+#else
+  info += "; cuda=no";
+#endif
+#ifdef _OPENMP
+  info += "; openmp=" + std::to_string(_OPENMP);
+#else
+  info += "; openmp=no";
+#endif
+  return info;
+}
+
+TORCH_LIBRARY(videoconv, m) {
+  // y = act(conv3d(input, weight) * scale + shift [+ residual]); scale/shift per output channel.
+  m.def(
+      "conv3d_bn_act(Tensor input, Tensor weight, Tensor scale, Tensor shift, int[3] stride, "
+      "int[3] padding, int[3] dilation, int groups, str activation, Tensor? residual) -> Tensor");
+  // A whole (2+1)D unit: conv(1,kh,kw) -> scale1/shift1 -> act -> conv(kt,1,1) -> scale2/shift2
+  // [+ residual] -> act, or temporal-first.
+  m.def(
+      "conv2plus1d_bn_act(Tensor input, Tensor w1, Tensor scale1, Tensor shift1, Tensor w2, "
+      "Tensor scale2, Tensor shift2, int[3] stride, int[3] padding, str activation, "
+      "bool temporal_first, Tensor? residual) -> Tensor");
+  m.def("_build_info() -> str", &build_info);
+}
+
+}  // namespace videoconv

@@ -1,0 +1,1 @@
+"""Benchmarks: timing primitives, environment capture, workloads."""

@@ -1,0 +1,156 @@
+"""The ``videoconv`` command.
+
+    videoconv info                       versions, devices, extension, backends
+    videoconv flops MODEL [--input S]    per-layer MACs table of a zoo model
+    videoconv bench [...]                forward timings of the zoo on the device present
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+__all__ = ["main"]
+
+
+def _info(args: argparse.Namespace) -> int:
+    import torch
+
+    import videoconv
+    from videoconv import backends
+    from videoconv._extension import extension_build_info, extension_error, extension_loaded
+    from videoconv.bench.environment import cpu_name, git_revision
+
+    def version_of(module: str) -> str:
+        try:
+            return getattr(__import__(module), "__version__", "unknown")
+        except Exception as exc:  # report a broken optional install instead of crashing
+            return f"not available ({type(exc).__name__})"
+
+    rev = git_revision()
+    print(f"videoconv {videoconv.__version__}" + (f" (git {rev})" if rev else ""))
+    print(f"python    {sys.version.split()[0]}")
+    print(f"torch     {torch.__version__}")
+    print(f"triton    {version_of('triton')}")
+    print(f"numpy     {version_of('numpy')}")
+    print(f"openvino  {version_of('openvino')}")
+    print()
+    print("devices:")
+    print(
+        f"  cpu: {cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+        f"capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"oneDNN {'yes' if torch.backends.mkldnn.is_available() else 'no'}, "
+        f"bf16 {'native' if torch.ops.mkldnn._is_mkldnn_bf16_supported() else 'emulated'}"
+    )
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            major, minor = torch.cuda.get_device_capability(i)
+            print(f"  cuda:{i}: {torch.cuda.get_device_name(i)}, sm_{major}{minor}")
+        print(f"  CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")
+    elif torch.version.cuda is None:
+        print("  cuda: none (this torch is a CPU-only build)")
+    else:
+        print(f"  cuda: none visible (torch built with CUDA {torch.version.cuda})")
+    print()
+    if extension_loaded():
+        print(f"extension videoconv._C: loaded ({extension_build_info()})")
+    else:
+        print(f"extension videoconv._C: NOT loaded: {extension_error()}")
+        print("  the package works without it: operators are declared from Python and run on the")
+        print("  Python backends; rebuild with `pip install --no-build-isolation -e .`")
+    print()
+    print("backends (in priority order):")
+    forced = backends.forced_backend()
+    for backend in backends.PRIORITY:
+        reasons = backend.environment_reasons()
+        state = "can run" if not reasons else "cannot run: " + "; ".join(reasons)
+        mark = " (forced)" if backend.name == forced else ""
+        print(f"  {backend.name:<10} {state}{mark} — {backend.description}")
+    return 0
+
+
+def _flops(args: argparse.Namespace) -> int:
+    from videoconv import models
+    from videoconv.analysis import activation_memory, count_flops, count_params, parse_input_shape
+
+    spec = models.get_model_spec(args.model)
+    shape = parse_input_shape(args.input) if args.input else (1,) + spec.input_shape
+    model = models.get_model(args.model)
+    report = count_flops(model, shape)
+    print(f"{args.model} ({spec.paper}), input {'x'.join(map(str, shape))}")
+    print()
+    print(report.table())
+    print(f"params: {count_params(model):,}")
+    print(f"training, float32: {activation_memory(model, shape).summary()}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from videoconv.bench import zoo
+
+    device = torch.device(args.device) if args.device else None
+    model_names = args.models.split(",") if args.models else None
+    dtypes = args.dtype.split(",")
+
+    def progress(message: str) -> None:
+        print(f"  timing {message} ...", file=sys.stderr, flush=True)
+
+    result = zoo.run_zoo_benchmark(
+        models=model_names,
+        dtypes=dtypes,
+        batch=args.batch,
+        device=device,
+        smoke=args.smoke,
+        min_run_time=args.min_run_time,
+        progress=progress,
+    )
+    print(zoo.rows_to_markdown(result))
+    for path in (args.json, args.markdown):
+        if path and os.path.dirname(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+    zoo.save(result, args.json, args.markdown)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="videoconv", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="versions, devices, built extension and which backends can run")
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser("flops", help="per-layer multiply-accumulates of a zoo model")
+    p.add_argument("model", help="a name from videoconv.models.list_models()")
+    p.add_argument("--input", help="clip shape NxCxTxHxW (default: the model's standard clip, batch 1)")
+    p.set_defaults(func=_flops)
+
+    p = sub.add_parser("bench", help="time the zoo's forward on the device present")
+    p.add_argument("--models", help="comma-separated zoo names (default: all)")
+    p.add_argument("--dtype", default="float32,bfloat16", help="comma-separated dtypes")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--device", help="cpu or cuda (default: cuda if present)")
+    p.add_argument("--smoke", action="store_true", help="tiny clips and short timing (for CI)")
+    p.add_argument("--min-run-time", type=float, default=1.0, help="seconds per measurement")
+    p.add_argument("--json", help="write the rows as JSON here")
+    p.add_argument("--markdown", help="write a Markdown table here")
+    p.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError) as exc:
+        # Bad names or shapes from the command line: one clear line, not a traceback.
+        print(f"videoconv {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
