@@ -109,10 +109,18 @@ def _bench(args: argparse.Namespace) -> int:
         progress=progress,
     )
     print(zoo.rows_to_markdown(result))
-    for path in (args.json, args.markdown):
+    json_path, markdown_path = args.json, args.markdown
+    if args.output_dir:
+        # One file per device type, overwritten by each full run: the latest result is the one
+        # the README shows; git keeps the history.
+        stem = os.path.join(args.output_dir, f"zoo_{result['environment']['device_type']}")
+        json_path, markdown_path = json_path or stem + ".json", markdown_path or stem + ".md"
+    for path in (json_path, markdown_path):
         if path and os.path.dirname(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
-    zoo.save(result, args.json, args.markdown)
+    zoo.save(result, json_path, markdown_path)
+    if json_path:
+        print(f"wrote {json_path}" + (f" and {markdown_path}" if markdown_path else ""))
     return 0
 
 
@@ -137,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-run-time", type=float, default=1.0, help="seconds per measurement")
     p.add_argument("--json", help="write the rows as JSON here")
     p.add_argument("--markdown", help="write a Markdown table here")
+    p.add_argument("--output-dir", help="write zoo_<device>.json and .md here")
     p.set_defaults(func=_bench)
     return parser
 

@@ -11,13 +11,9 @@ from __future__ import annotations
 import dataclasses
 from typing import List, Optional, Sequence
 
+from ..models.blocks import midplanes
+
 __all__ = ["ConvVariant", "compare_conv_parameters", "midplanes"]
-
-
-def midplanes(in_channels: int, out_channels: int, temporal: int = 3, spatial: int = 3) -> int:
-    """Middle width of the parameter-matched (2+1)D factorisation."""
-    t, d = temporal, spatial
-    return (t * d * d * in_channels * out_channels) // (d * d * in_channels + t * out_channels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +60,7 @@ def compare_conv_parameters(
     def variant(name, kernels, params, per_pos, nonlin):
         return ConvVariant(name, kernels, params, per_pos, None if positions is None else per_pos * positions, nonlin)
 
-    mid = midplanes(in_channels, out_channels, t, d)
+    mid = midplanes(in_channels, out_channels, (t, d, d))
     w2d = d * d * in_channels * out_channels
     w3d = t * d * d * in_channels * out_channels
     w21 = d * d * in_channels * mid + t * mid * out_channels

@@ -6,13 +6,14 @@ parameters (133 MB in float32) but keeps several GB of activations for a batch o
 The estimate runs a copy of the model on the meta device in train mode under
 ``torch.autograd.graph.saved_tensors_hooks`` and adds up the storages autograd saves, each once
 (an in-place ReLU saves the same storage that the next convolution saves as its input), leaving
-out parameters. It is exact for what autograd itself saves; the caching allocator's rounding and
+out parameters and buffers. It is exact for what autograd itself saves; the caching allocator's rounding and
 fragmentation and the transient workspace of the kernels come on top.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Dict, List, Optional
 
 import torch
@@ -60,7 +61,8 @@ def activation_memory(
         input_requires_grad: whether the clip itself needs a gradient (it usually does not).
     """
     clone = meta_copy(model, dtype=dtype).train()
-    param_storages = {p.untyped_storage()._cdata for p in clone.parameters()}
+    # Parameters and buffers (BN running statistics) are held whether or not autograd saves them.
+    param_storages = {t.untyped_storage()._cdata for t in itertools.chain(clone.parameters(), clone.buffers())}
     param_bytes = sum(p.numel() * p.element_size() for p in clone.parameters())
     inputs = meta_inputs(input_shape, dtype)
     if input_requires_grad:

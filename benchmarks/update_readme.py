@@ -1,0 +1,69 @@
+"""Regenerate the tables of README.md from the code and the latest benchmark results.
+
+    python benchmarks/update_readme.py
+
+The zoo table is computed (parameters, MACs at each model's standard clip); the benchmark
+tables are copied from benchmarks/results/zoo_<device>.md as `make bench` wrote them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def zoo_table() -> str:
+    import videoconv.models as zoo
+    from videoconv.analysis import count_flops, count_params
+
+    lines = [
+        "| model | after | standard clip | params | published | GMACs |",
+        "| --- | --- | --- | ---: | ---: | ---: |",
+    ]
+    for name in zoo.list_models():
+        spec = zoo.get_model_spec(name)
+        model = zoo.get_model(name)
+        shape = (1,) + spec.input_shape
+        published = "—" if spec.published_params is None else f"{spec.published_params / 1e6:.2f}M"
+        lines.append(
+            f"| `{name}` | {spec.paper} | {'x'.join(map(str, spec.input_shape[1:]))} | "
+            f"{count_params(model) / 1e6:.2f}M | {published} | "
+            f"{count_flops(model, shape).gmacs:.2f} |"
+        )
+    lines.append("")
+    lines.append(f"Parameters with the published head ({', '.join(sorted({str(zoo.get_model_spec(n).num_classes) for n in zoo.list_models()}))} classes); GMACs at batch 1.")
+    return "\n".join(lines)
+
+
+def bench_tables() -> str:
+    parts = []
+    for device in ("cpu", "cuda"):
+        path = os.path.join(ROOT, "benchmarks", "results", f"zoo_{device}.md")
+        if os.path.exists(path):
+            with open(path) as f:
+                parts.append(f.read().strip())
+    return "\n\n".join(parts) if parts else "No benchmark has been run yet."
+
+
+def replace_between(text: str, marker: str, body: str) -> str:
+    pattern = re.compile(rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)", re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"README.md has no {marker} markers")
+    return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+
+
+def main() -> None:
+    path = os.path.join(ROOT, "README.md")
+    with open(path) as f:
+        text = f.read()
+    text = replace_between(text, "zoo-table", zoo_table())
+    text = replace_between(text, "bench-table", bench_tables())
+    with open(path, "w") as f:
+        f.write(text)
+    print(f"updated {path}")
+
+
+if __name__ == "__main__":
+    main()

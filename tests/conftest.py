@@ -1,0 +1,24 @@
+"""Shared test set-up.
+
+Marks: ``cuda`` tests skip without a GPU; ``triton`` tests run under TRITON_INTERPRET=1 on CPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU; none is visible")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip_cuda)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
