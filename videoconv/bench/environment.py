@@ -48,6 +48,13 @@ def git_revision() -> Optional[str]:
     return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
+def _command() -> str:
+    program = os.path.basename(sys.argv[0])
+    if program == "__main__.py":  # python -m videoconv
+        program = "python -m videoconv"
+    return " ".join([program] + sys.argv[1:])
+
+
 def _version(module: str) -> Optional[str]:
     try:
         mod = __import__(module)
@@ -69,7 +76,7 @@ def environment(device: torch.device) -> Dict[str, object]:
         "numpy": _version("numpy"),
         "videoconv": videoconv.__version__,
         "git_revision": git_revision(),
-        "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+        "command": _command(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     if device.type == "cuda":

@@ -8,6 +8,7 @@ so the timer's overhead is negligible and reports the median over blocks.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Callable
 
 import torch
@@ -23,7 +24,9 @@ class Timing:
     runs: int
 
 
-def time_callable(fn: Callable[[], object], device: torch.device, min_run_time: float = 1.0) -> Timing:
+def time_callable(
+    fn: Callable[[], object], device: torch.device, min_run_time: float = 1.0, min_runs: int = 5
+) -> Timing:
     if device.type == "cuda":
         from triton.testing import do_bench
 
@@ -34,9 +37,21 @@ def time_callable(fn: Callable[[], object], device: torch.device, min_run_time: 
     import torch.utils.benchmark as benchmark
 
     fn()  # warm-up: oneDNN picks and caches its primitives on the first call
-    measurement = benchmark.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(
-        min_run_time=min_run_time
+    start = time.perf_counter()
+    fn()
+    one_run = time.perf_counter() - start
+    # A whole-model forward on 2 cores can take seconds: stretch the budget so the quantiles
+    # come from at least `min_runs` runs instead of a single one.
+    # Timer runs single-threaded unless told otherwise; time with every thread torch would use.
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    measurement = timer.blocked_autorange(
+        min_run_time=max(min_run_time, min_runs * one_run)
     )
     times = sorted(measurement.times)
-    q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
-    return Timing(1e3 * measurement.median, 1e3 * q(0.2), 1e3 * q(0.8), runs=len(times) * measurement.number_per_run)
+
+    def quantile(q: float) -> float:
+        return 1e3 * times[min(len(times) - 1, int(q * len(times)))]
+
+    return Timing(
+        1e3 * measurement.median, quantile(0.2), quantile(0.8), runs=len(times) * measurement.number_per_run
+    )

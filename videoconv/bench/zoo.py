@@ -80,7 +80,9 @@ def run_zoo_benchmark(
                 with torch.inference_mode():
                     return m(x)
 
-            timing = time_callable(forward, device, min_run_time=0.05 if smoke else min_run_time)
+            timing = time_callable(
+                forward, device, min_run_time=0.05 if smoke else min_run_time, min_runs=1 if smoke else 5
+            )
             rows.append(
                 ZooRow(
                     provider="eager",
