@@ -28,7 +28,7 @@ def zoo_table() -> str:
         shape = (1,) + spec.input_shape
         published = "—" if spec.published_params is None else f"{spec.published_params / 1e6:.2f}M"
         lines.append(
-            f"| `{name}` | {spec.paper} | {'x'.join(map(str, spec.input_shape[1:]))} | "
+            f"| `{name}` | {spec.paper.split(' (')[0]} | {'x'.join(map(str, spec.input_shape[1:]))} | "
             f"{count_params(model) / 1e6:.2f}M | {published} | "
             f"{count_flops(model, shape).gmacs:.2f} |"
         )

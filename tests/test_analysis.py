@@ -36,6 +36,23 @@ def test_flops_match_torchvision_model_cards(name, published):
     assert round(report.gmacs, 2) == published
 
 
+# Figures the papers give (they say GFLOPs and mean multiply-adds), at the clip they quote.
+PAPER_GMACS = [
+    # Feichtenhofer et al. 2019, Table 2/3: SlowFast R50 at 256x256 test crops.
+    ("slowfast_r50", {"variant": "8x8"}, (1, 3, 32, 256, 256), 65.7),
+    ("slowfast_r50", {"variant": "4x16"}, (1, 3, 32, 256, 256), 36.1),
+    # Feichtenhofer 2020, Table 3 (the expansion steps): X3D-S 1.96, X3D-M 4.73 GFLOPs.
+    ("x3d_s", {}, (1, 3, 13, 160, 160), 1.96),
+    ("x3d_m", {}, (1, 3, 16, 224, 224), 4.73),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,shape,published", PAPER_GMACS, ids=lambda v: str(v))
+def test_flops_match_the_papers(name, kwargs, shape, published):
+    report = count_flops(zoo.get_model(name, **kwargs), shape)
+    assert report.gmacs == pytest.approx(published, rel=0.01)
+
+
 def test_flops_of_one_convolution_by_hand():
     conv = nn.Conv3d(8, 12, (3, 5, 5), stride=(1, 2, 2), padding=(1, 2, 2), dilation=(1, 2, 1), groups=4)
     x = torch.randn(2, 8, 6, 20, 21)
