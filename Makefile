@@ -40,7 +40,7 @@ $(STAMP): setup.py pyproject.toml Makefile $(wildcard csrc/*.cpp csrc/cpu/*.cpp 
 	@touch $@
 
 test: $(STAMP)
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q --doctest-modules tests videoconv
 
 bench: $(STAMP)
 	$(PYTHON) -m videoconv bench --output-dir benchmarks/results
