@@ -1,9 +1,10 @@
 // Operator schemas of videoconv, declared once for every backend.
 //
-// Device kernels register themselves against these schemas from their own files
-// (csrc/cpu/*.cpp with TORCH_LIBRARY_IMPL(videoconv, CPU, m), csrc/cuda/*.cu with
-// TORCH_LIBRARY_IMPL(videoconv, CUDA, m)); Python-side kernels (Triton) use
-// torch.library.register_kernel, and fakes/autograd are registered in videoconv/ops.
+// The device kernels of these public ops are Python dispatchers (videoconv/ops/*.py, registered
+// with torch.library.register_kernel for cpu and cuda): they validate the inputs and pick a
+// backend (videoconv/backends) per call. Compiled kernels (csrc/cpu, csrc/cuda) must therefore
+// register under private op names of their own (e.g. videoconv::_conv3d_bn_act_cuda) that a
+// backend calls, never TORCH_LIBRARY_IMPL on the public names, which would clash.
 // The schema strings are mirrored in videoconv/ops/schemas.py so the package still declares the
 // ops when this extension is not built; tests/test_extension.py checks that the two agree.
 

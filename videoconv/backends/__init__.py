@@ -15,23 +15,83 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from typing import Dict, Iterator, List, Optional, Type
+from typing import Any, Dict, Iterator, List, Optional, Type
+
+import torch
 
 __all__ = [
     "Backend",
     "ReferenceBackend",
     "PRIORITY",
+    "OPS",
+    "NotSupportedError",
     "register_backend",
+    "unregister_backend",
     "available",
     "names",
     "get_backend",
     "use",
     "forced_backend",
+    "select_backend",
+    "not_supported_reasons",
+    "output_memory_format",
+    "empty_output",
 ]
+
+#: The operators every backend implements (names of ``torch.ops.videoconv.*`` and of the
+#: backend methods that run them).
+OPS = ("conv3d_bn_act", "conv2plus1d_bn_act")
+
+
+class NotSupportedError(RuntimeError):
+    """No backend can run these inputs, or the forced one cannot; the message lists why."""
+
+
+def output_memory_format(input: torch.Tensor) -> torch.memory_format:
+    """The memory format of an operator's output for ``input``: the layout contract of every
+    backend and of the fake (meta) kernels.
+
+    ``channels_last_3d`` when ``input`` is in channels_last_3d (and not also plain contiguous,
+    as happens when C == 1 or D*H*W == 1), else ``contiguous_format``.
+    """
+    if input.is_contiguous():
+        return torch.contiguous_format
+    if input.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def empty_output(input: torch.Tensor, size) -> torch.Tensor:
+    """An uninitialised output of ``size`` for ``input``: its dtype, device and
+    :func:`output_memory_format`."""
+    return torch.empty(
+        size, dtype=input.dtype, device=input.device, memory_format=output_memory_format(input)
+    )
+
+
+def _layout_name(tensor: torch.Tensor) -> str:
+    fmt = output_memory_format(tensor)
+    return "channels_last_3d" if fmt == torch.channels_last_3d else "contiguous"
 
 
 class Backend:
-    """Base class: one implementation of every videoconv operator, with its limits."""
+    """Base class: one implementation of every videoconv operator, with its limits.
+
+    A backend is a class (never instantiated) with
+
+    * class attributes describing what it supports (``devices``, ``dtypes``, ``activations``,
+      ``ops``, ``memory_formats``, ``supports_groups``, ``supports_residual``);
+    * :meth:`environment_reasons`: why it cannot run on this install at all (library missing,
+      no GPU, ...);
+    * :meth:`not_supported_reasons`: why it cannot run *these* inputs. The base version checks
+      the environment and the attributes above; subclasses extend it (``reasons =
+      super().not_supported_reasons(op_name, **inputs)``) with their own limits (kernel sizes,
+      alignment, ...). Reasons are short human-readable strings;
+    * one classmethod per operator (:data:`OPS`), taking the operator's arguments by keyword
+      (the schema's names) and returning the output tensor in
+      :func:`output_memory_format` of the input. Inputs reaching a backend are already validated
+      (shapes, dtypes, devices, argument values) and have a non-empty batch.
+    """
 
     #: Name used by ``use()``, ``VIDEOCONV_BACKEND`` and ``videoconv info``.
     name: str = ""
@@ -39,17 +99,81 @@ class Backend:
     devices: frozenset = frozenset()
     #: One line saying what it is, for ``videoconv info``.
     description: str = ""
+    #: Operators it implements (a subset of :data:`OPS`).
+    ops: frozenset = frozenset(OPS)
+    #: Input dtypes it accepts.
+    dtypes: frozenset = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
+    #: Activations it implements.
+    activations: frozenset = frozenset({"relu", "silu", "identity"})
+    #: Input layouts it accepts ("contiguous", "channels_last_3d").
+    memory_formats: frozenset = frozenset({"contiguous", "channels_last_3d"})
+    #: Whether grouped (incl. depthwise) convolutions are supported.
+    supports_groups: bool = True
+    #: Whether the residual input is supported.
+    supports_residual: bool = True
 
     @classmethod
     def environment_reasons(cls) -> List[str]:
         """Why this backend cannot run on this install at all (empty if it can)."""
         return []
 
+    @classmethod
+    def not_supported_reasons(cls, op_name: str, **inputs: Any) -> List[str]:
+        """Why this backend cannot run ``op_name`` on ``inputs`` (the operator's arguments by
+        keyword); empty if it can."""
+        reasons = list(cls.environment_reasons())
+        if op_name not in cls.ops:
+            reasons.append(f"operator {op_name} is not implemented")
+        x = inputs.get("input")
+        if isinstance(x, torch.Tensor):
+            if x.device.type not in cls.devices:
+                reasons.append(
+                    f"device {x.device.type} is not supported (supports {', '.join(sorted(cls.devices))})"
+                )
+            if x.dtype not in cls.dtypes:
+                supported = ", ".join(sorted(str(d).replace("torch.", "") for d in cls.dtypes))
+                reasons.append(
+                    f"dtype {str(x.dtype).replace('torch.', '')} is not supported (supports {supported})"
+                )
+            if x.dim() == 5 and _layout_name(x) not in cls.memory_formats:
+                reasons.append(f"input layout {_layout_name(x)} is not supported")
+        activation = inputs.get("activation")
+        if activation is not None and activation not in cls.activations:
+            reasons.append(f"activation {activation!r} is not supported")
+        groups = inputs.get("groups", 1)
+        if not cls.supports_groups and groups != 1:
+            reasons.append(f"groups={groups} is not supported (only groups=1)")
+        if not cls.supports_residual and inputs.get("residual") is not None:
+            reasons.append("a residual input is not supported")
+        return reasons
+
+    @classmethod
+    def conv3d_bn_act(cls, *, input, weight, scale, shift, stride, padding, dilation, groups,
+                      activation, residual):  # noqa: D401  (signature of the operator)
+        raise NotImplementedError(f"backend {cls.name!r} does not implement conv3d_bn_act")
+
+    @classmethod
+    def conv2plus1d_bn_act(cls, *, input, w1, scale1, shift1, w2, scale2, shift2, stride, padding,
+                           activation, temporal_first, residual):
+        raise NotImplementedError(f"backend {cls.name!r} does not implement conv2plus1d_bn_act")
+
 
 class ReferenceBackend(Backend):
     name = "reference"
     devices = frozenset({"cpu", "cuda"})
     description = "plain PyTorch eager (F.conv3d, then the epilogue): the oracle"
+
+    @classmethod
+    def conv3d_bn_act(cls, **inputs):
+        from . import reference
+
+        return reference.conv3d_bn_act(**inputs)
+
+    @classmethod
+    def conv2plus1d_bn_act(cls, **inputs):
+        from . import reference
+
+        return reference.conv2plus1d_bn_act(**inputs)
 
 
 #: Backends in the order automatic selection tries them (fastest first; reference last).
@@ -66,6 +190,15 @@ def register_backend(backend: Type[Backend], before: Optional[str] = None) -> Ty
     anchor = before or ReferenceBackend.name
     index = names().index(anchor)
     PRIORITY.insert(index, backend)
+    return backend
+
+
+def unregister_backend(name: str) -> Type[Backend]:
+    """Remove a backend from :data:`PRIORITY` (``reference`` cannot be removed)."""
+    if name == ReferenceBackend.name:
+        raise ValueError("the reference backend cannot be unregistered")
+    backend = get_backend(name)
+    PRIORITY.remove(backend)
     return backend
 
 
@@ -109,3 +242,45 @@ def use(name: str) -> Iterator[None]:
         yield
     finally:
         stack.pop()
+
+
+def not_supported_reasons(op_name: str, **inputs: Any) -> Dict[str, List[str]]:
+    """Backend name -> reasons it cannot run ``op_name`` on ``inputs`` (empty if it can)."""
+    return {b.name: b.not_supported_reasons(op_name, **inputs) for b in PRIORITY}
+
+
+def _describe(op_name: str, inputs: Dict[str, Any]) -> str:
+    x = inputs.get("input")
+    if not isinstance(x, torch.Tensor):
+        return op_name
+    dtype = str(x.dtype).replace("torch.", "")
+    return f"{op_name} on a {x.device.type} {dtype} input of size {list(x.shape)} ({_layout_name(x)})"
+
+
+def select_backend(op_name: str, **inputs: Any) -> Type[Backend]:
+    """The backend that runs ``op_name`` on ``inputs``.
+
+    The forced one (:func:`use`, else ``VIDEOCONV_BACKEND``) if any: if it cannot run these
+    inputs, :class:`NotSupportedError` lists its reasons (no fallback). Otherwise the first
+    backend of :data:`PRIORITY` with no reasons; if there is none, :class:`NotSupportedError`
+    lists every backend's reasons.
+    """
+    forced = forced_backend()
+    if forced is not None:
+        backend = get_backend(forced)
+        reasons = backend.not_supported_reasons(op_name, **inputs)
+        if reasons:
+            source = "use()" if getattr(_local, "stack", None) else f"{_ENV_VAR}={forced}"
+            raise NotSupportedError(
+                f"videoconv backend {forced!r} (forced by {source}) cannot run "
+                f"{_describe(op_name, inputs)}: " + "; ".join(reasons)
+            )
+        return backend
+    all_reasons = {}
+    for backend in PRIORITY:
+        reasons = backend.not_supported_reasons(op_name, **inputs)
+        if not reasons:
+            return backend
+        all_reasons[backend.name] = reasons
+    lines = "\n".join(f"  {name}: {'; '.join(r)}" for name, r in all_reasons.items())
+    raise NotSupportedError(f"no videoconv backend can run {_describe(op_name, inputs)}:\n{lines}")

@@ -1,7 +1,21 @@
-"""videoconv's operators (``torch.ops.videoconv.*``): declarations, fakes, autograd, dispatch."""
+"""videoconv's operators (``torch.ops.videoconv.*``): declarations, fakes, autograd, dispatch.
+
+* :func:`conv3d_bn_act` — ``act(conv3d(x, w) * scale + shift [+ residual])``
+* :func:`conv2plus1d_bn_act` — a whole (2+1)D unit (spatial then temporal, or temporal first)
+
+Each op has a cpu/cuda kernel that picks a backend (:mod:`videoconv.backends`), a fake kernel
+(same size and memory format as the real one) and an autograd formula.
+"""
 
 from .schemas import SCHEMAS, declare_schemas
 
 declare_schemas()
 
-__all__ = ["SCHEMAS"]
+# The registrations (kernels, fakes, autograd) run on import of these modules. The functions
+# rebind the names ``videoconv.ops.conv3d_bn_act``/``conv2plus1d_bn_act`` to the entry points;
+# the modules stay reachable through sys.modules (importlib.import_module).
+from .conv3d_bn_act import conv3d_bn_act  # noqa: E402
+from .conv2plus1d_bn_act import conv2plus1d_bn_act  # noqa: E402
+from ._validation import ACTIVATIONS  # noqa: E402
+
+__all__ = ["SCHEMAS", "ACTIVATIONS", "conv3d_bn_act", "conv2plus1d_bn_act"]
