@@ -12,3 +12,8 @@ from . import ops  # noqa: E402
 from . import analysis, backends, models  # noqa: E402
 
 __all__ = ["__version__", "analysis", "backends", "models", "ops"]
+
+from . import nn  # noqa: E402
+from .fuse import fuse, fuse_report  # noqa: E402
+
+__all__ += ["nn", "fuse", "fuse_report"]

@@ -1,0 +1,206 @@
+"""videoconv.fuse / fuse_report on the zoo and torchvision's video ResNets."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+import videoconv
+from videoconv import models
+from videoconv.fuse import state_dict_key_map
+from videoconv.models.blocks import Conv3DBlock, Residual3DBlock
+from videoconv.nn import FusedModuleBase
+
+from reference_impls import assert_close_rel, import_torchvision, randomise_batch_norm
+
+
+def _standalone_bns(model):
+    inside = {id(m) for f in model.modules() if isinstance(f, FusedModuleBase) for m in f.modules()}
+    return [m for m in model.modules() if isinstance(m, nn.BatchNorm3d) and id(m) not in inside]
+
+
+def _type_names(model):
+    # deepcopy turns a GraphModule's generated class name back into "GraphModule"
+    return [(n, "GraphModule" if isinstance(m, torch.fx.GraphModule) else type(m).__name__)
+            for n, m in model.named_modules()]
+
+
+def _types(model):
+    return [(n, type(m)) for n, m in model.named_modules()]
+
+
+def _check_fused_model(model, x, rtol=1e-4):
+    model.eval()
+    before_sd = {k: v.clone() for k, v in model.state_dict().items()}
+    before_types = _types(model)
+    fused = videoconv.fuse(model)
+    report = videoconv.fuse_report(model)
+    # the original is untouched
+    assert _types(model) == before_types
+    after_sd = model.state_dict()
+    assert list(after_sd) == list(before_sd)
+    assert all(torch.equal(after_sd[k], before_sd[k]) for k in before_sd)
+    # same outputs
+    with torch.no_grad():
+        expected = model(x)
+        got = fused(x)
+    assert_close_rel(got, expected, rtol)
+    # fewer standalone BNs, and the report names every one that is left
+    n_before, left = len(_standalone_bns(model)), _standalone_bns(fused)
+    if n_before:
+        assert len(left) < n_before
+    left_bn = [e for e in report.left if e.module_type == "BatchNorm3d"]
+    assert len(left_bn) == len(left)
+    assert all(e.reason for e in report.left)
+    assert report.fused
+    # identical state_dict keys, in order; strict loading both ways
+    sd = fused.state_dict()
+    assert list(sd) == list(before_sd)
+    model_copy = copy.deepcopy(model)
+    model_copy.load_state_dict(sd, strict=True)
+    fused.load_state_dict(before_sd, strict=True)
+    # idempotent
+    again = videoconv.fuse(fused)
+    assert _type_names(again) == _type_names(fused)
+    assert not [e for e in videoconv.fuse_report(fused).fused if "already" not in e.note]
+    with torch.no_grad():
+        assert torch.equal(again(x), got)
+    return fused, report
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_fuse_zoo_model(name):
+    spec = models.get_model_spec(name)
+    model = randomise_batch_norm(models.get_model(name), seed=1, biases=True)
+    x = torch.randn(1, *spec.test_input_shape)
+    _check_fused_model(model, x)
+
+
+@pytest.mark.parametrize("name", ["r3d_18", "mc3_18", "r2plus1d_18"])
+def test_fuse_torchvision(name):
+    import_torchvision()
+    from torchvision.models import video
+
+    model = randomise_batch_norm(getattr(video, name)(), seed=2)
+    fused, report = _check_fused_model(model, torch.randn(1, 3, 4, 32, 32))
+    # torchvision's Sequential(conv, BN, ReLU) layout: the keys are identical without remapping
+    assert state_dict_key_map(fused) == {}
+    assert not report.left
+    kinds = report.counts()
+    if name == "r2plus1d_18":
+        assert kinds == {"(2+1)d": 9, "(2+1)d-add": 8, "conv-bn-act": 3}
+    else:
+        assert kinds == {"conv-bn-act": 12, "conv-bn-add-act": 8}
+
+
+@pytest.mark.parametrize("name", ["r3d_18", "x3d_s"])
+def test_fuse_bf16(name):
+    spec = models.get_model_spec(name)
+    model = randomise_batch_norm(models.get_model(name), seed=3).eval()
+    x = torch.randn(1, *spec.test_input_shape)
+    with torch.no_grad():
+        expected = model.double()(x.double())
+        fused = videoconv.fuse(model).to(torch.bfloat16)
+        unfused = model.to(torch.bfloat16)(x.bfloat16()).double()
+        got = fused(x.bfloat16()).double()
+    # the fused model is as accurate as the eager bf16 model (against a float64 reference)
+    err_fused = (got - expected).abs().max().item()
+    err_eager = (unfused - expected).abs().max().item()
+    assert err_fused <= 2 * err_eager + 1e-2 * expected.abs().max().item()
+
+
+def test_report_reasons():
+    x3d = models.get_model("x3d_s")
+    report = videoconv.fuse_report(x3d)
+    conv_b = [e for e in report.fused if e.path.endswith("res_blocks.0.branch2.conv_b")]
+    assert conv_b and all("Squeeze-and-Excitation" in e.note and e.activation == "identity"
+                          for e in conv_b)
+    assert any(e.path == "blocks.0.conv.conv_t" and "no BatchNorm3d" in e.reason
+               for e in report.left)
+    c2d = videoconv.fuse_report(models.get_model("c2d_r18"))
+    stem = {e.path: e.reason for e in c2d.left}
+    assert set(stem) == {"conv1", "bn1"} and "not traced" in stem["bn1"]
+    # a BN that does not follow a conv
+    m = nn.Sequential(nn.Conv3d(2, 4, 1), nn.MaxPool3d(1), nn.BatchNorm3d(4), nn.ReLU())
+    r = videoconv.fuse_report(m)
+    assert any(e.path == "2" and "not after a Conv3d" in e.reason for e in r.left)
+    # conv output used twice
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv3d(2, 4, 1, bias=False), nn.BatchNorm3d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y
+
+    r = videoconv.fuse_report(Twice())
+    assert {e.path: e.reason for e in r.left}["conv"] == "conv output used more than once"
+    assert "str" and "summary" in str(r)
+
+
+def test_inplace_and_backend():
+    model = nn.Sequential(Conv3DBlock(3, 8), Conv3DBlock(8, 8, pool=2)).eval()
+    randomise_batch_norm(model, 4)
+    x = torch.randn(1, 3, 4, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+    fused = videoconv.fuse(model, backend="reference", inplace=True)
+    assert fused is model
+    assert all(m.backend == "reference" for m in model.modules() if isinstance(m, FusedModuleBase))
+    with torch.no_grad():
+        assert_close_rel(model(x), expected, 1e-5)
+    with pytest.raises(ValueError, match="unknown videoconv backend"):
+        videoconv.fuse(model, backend="no-such-backend")
+
+
+def _train_step_matches(model, x):
+    model.train()
+    fused = videoconv.fuse(model)
+    fused.train()
+    ref = copy.deepcopy(model)
+    y_ref, y = ref(x), fused(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(y)
+    y_ref.backward(g)
+    y.backward(g)
+    ref_sd, sd = ref.state_dict(keep_vars=True), fused.state_dict(keep_vars=True)
+    assert list(ref_sd) == list(sd)
+    for k in ref_sd:
+        a, b = sd[k], ref_sd[k]
+        if isinstance(b, nn.Parameter):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=k)
+        else:  # running statistics after one step
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_train_step_r2plus1d_18():
+    model = randomise_batch_norm(models.get_model("r2plus1d_18", num_classes=10), seed=5)
+    _train_step_matches(model, torch.randn(2, 3, 4, 16, 16))
+
+
+def test_train_step_x3d_s():
+    model = randomise_batch_norm(models.get_model("x3d_s", num_classes=10), seed=6)
+    model.blocks[-1].dropout = None  # no randomness in the head
+    _train_step_matches(model, torch.randn(2, 3, 4, 32, 32))
+
+
+def test_compile_fullgraph_fused_block():
+    torch._dynamo.reset()
+    model = nn.Sequential(
+        Conv3DBlock(3, 8),
+        Residual3DBlock(8, 8, conv_type="3d"),
+        Residual3DBlock(8, 16, stride=2, conv_type="2plus1d"),
+    )
+    randomise_batch_norm(model, 7)
+    model.eval()
+    fused = videoconv.fuse(model)
+    x = torch.randn(1, 3, 4, 8, 8)
+    compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        expected = model(x)
+        assert_close_rel(compiled(x), expected, 1e-4)

@@ -1,0 +1,312 @@
+"""videoconv.nn: BN folding, Conv3dBNAct and Conv2Plus1dBNAct against the unfused module chains."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+import videoconv
+from videoconv.nn import Conv2Plus1dBNAct, Conv3dBNAct, fold_batch_norm, fold_conv_bn
+
+
+def _randomise_bn(bn: nn.BatchNorm3d, seed: int = 0) -> nn.BatchNorm3d:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        bn.running_mean.copy_(0.2 * torch.randn(bn.num_features, generator=g))
+        bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
+        if bn.affine:
+            bn.weight.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
+            bn.bias.copy_(0.2 * torch.randn(bn.num_features, generator=g))
+    return bn
+
+
+def _rel(a, b):
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+# ---------------------------------------------------------------------------------------------
+# folding
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("conv_bias", [False, True])
+def test_fold_matches_eval_batch_norm(affine, conv_bias):
+    conv = nn.Conv3d(3, 6, 3, padding=1, bias=conv_bias).double()
+    bn = _randomise_bn(nn.BatchNorm3d(6, eps=1e-3, affine=affine).double()).eval()
+    if conv_bias:
+        with torch.no_grad():
+            conv.bias.normal_()
+    x = torch.randn(2, 3, 3, 5, 5, dtype=torch.float64)
+    scale, shift = fold_conv_bn(conv, bn)
+    z = torch.nn.functional.conv3d(x, conv.weight, None, 1, 1)
+    expected = bn(conv(x))
+    torch.testing.assert_close(z * scale.view(1, -1, 1, 1, 1) + shift.view(1, -1, 1, 1, 1),
+                               expected, rtol=1e-12, atol=1e-12)
+
+
+def test_fold_formula_and_dtype():
+    mean, var = torch.tensor([1.0, -2.0]), torch.tensor([4.0, 0.25])
+    gamma, beta, b = torch.tensor([2.0, 3.0]), torch.tensor([0.5, -1.0]), torch.tensor([1.0, 1.0])
+    scale, shift = fold_batch_norm(mean, var, gamma, beta, 0.0, conv_bias=b, dtype=torch.bfloat16)
+    assert scale.dtype == shift.dtype == torch.bfloat16
+    torch.testing.assert_close(scale.float(), torch.tensor([1.0, 6.0]))
+    # shift = beta - mean * scale + bias * scale
+    torch.testing.assert_close(shift.float(), torch.tensor([0.5, 17.0]))
+
+
+def test_fold_without_bn():
+    conv = nn.Conv3d(2, 4, 1, bias=True)
+    scale, shift = fold_conv_bn(conv, None)
+    assert torch.equal(scale, torch.ones(4)) and shift is conv.bias
+    scale, shift = fold_conv_bn(nn.Conv3d(2, 4, 1, bias=False), None)
+    assert torch.equal(shift, torch.zeros(4))
+
+
+# ---------------------------------------------------------------------------------------------
+# Conv3dBNAct
+
+
+def _chain(cin=4, cout=8, k=3, stride=1, padding=1, groups=1, bias=False, act=nn.ReLU, bn=True,
+           momentum=0.1):
+    conv = nn.Conv3d(cin, cout, k, stride, padding, groups=groups, bias=bias)
+    norm = _randomise_bn(nn.BatchNorm3d(cout, momentum=momentum)) if bn else None
+    return conv, norm, (act() if act is not None else None)
+
+
+def _run_chain(conv, bn, act, x, residual=None):
+    y = conv(x)
+    if bn is not None:
+        y = bn(y)
+    if residual is not None:
+        y = y + residual
+    return act(y) if act is not None else y
+
+
+@pytest.mark.parametrize("act", [nn.ReLU, nn.SiLU, None])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("groups,bias", [(1, False), (4, True)])
+def test_conv3d_bn_act_eval_matches_chain(act, residual, groups, bias):
+    conv, bn, a = _chain(groups=groups, bias=bias, act=act, stride=(1, 2, 2))
+    conv.eval(), bn.eval()
+    fused = Conv3dBNAct.from_modules(copy.deepcopy(conv), copy.deepcopy(bn), a).eval()
+    x = torch.randn(2, 4, 5, 9, 9)
+    r = torch.randn(2, 8, 5, 5, 5) if residual else None
+    with torch.no_grad():
+        assert _rel(fused(x, r), _run_chain(conv, bn, a, x, r)) < 1e-5
+
+
+def test_conv3d_bn_act_no_bn_c3d_style():
+    conv, _, a = _chain(bias=True, bn=False)
+    with torch.no_grad():
+        conv.bias.normal_()
+    fused = Conv3dBNAct.from_modules(conv, None, a)
+    x = torch.randn(1, 4, 4, 6, 6)
+    for mode in (fused.eval, fused.train):
+        mode()
+        torch.testing.assert_close(fused(x), torch.relu(conv(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_conv3d_bn_act_constructor_and_state_dict():
+    m = Conv3dBNAct(4, 8, 3, padding=1, activation="swish")
+    assert m.activation == "silu"
+    assert list(m.state_dict()) == ["conv.weight", "bn.weight", "bn.bias", "bn.running_mean",
+                                    "bn.running_var", "bn.num_batches_tracked"]
+    ref = nn.Sequential(nn.Conv3d(4, 8, 3, padding=1, bias=False), nn.BatchNorm3d(8), nn.SiLU())
+    _randomise_bn(ref[1])
+    named = Conv3dBNAct.from_modules(copy.deepcopy(ref[0]), copy.deepcopy(ref[1]), ref[2],
+                                     names={"conv": "0", "bn": "1"})
+    assert list(named.state_dict()) == list(ref.state_dict())
+    x = torch.randn(1, 4, 3, 5, 5)
+    named.eval(), ref.eval()
+    with torch.no_grad():
+        assert _rel(named(x), ref(x)) < 1e-5
+    # the Sequential's checkpoint loads into the fused module and back
+    named.load_state_dict(ref.state_dict(), strict=True)
+    ref.load_state_dict(named.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize("act,momentum,residual", [(nn.ReLU, 0.1, False), (nn.SiLU, None, True),
+                                                    (None, 0.3, False)])
+def test_conv3d_bn_act_train_matches_chain_exactly(act, momentum, residual):
+    conv, bn, a = _chain(act=act, momentum=momentum)
+    ref_conv, ref_bn = copy.deepcopy(conv), copy.deepcopy(bn)
+    fused = Conv3dBNAct.from_modules(conv, bn, a).train()
+    ref_conv.train(), ref_bn.train()
+    for step in range(2):
+        x = torch.randn(3, 4, 4, 6, 6, requires_grad=True)
+        x2 = x.detach().clone().requires_grad_()
+        r = torch.randn(3, 8, 4, 6, 6) if residual else None
+        y = fused(x, r)
+        y_ref = _run_chain(ref_conv, ref_bn, a, x2, r)
+        assert torch.equal(y, y_ref)
+        g = torch.randn_like(y)
+        y.backward(g)
+        y_ref.backward(g)
+        torch.testing.assert_close(x.grad, x2.grad, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(conv.weight.grad, ref_conv.weight.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bn.weight.grad, ref_bn.weight.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bn.bias.grad, ref_bn.bias.grad, rtol=1e-5, atol=1e-6)
+    assert torch.equal(bn.running_mean, ref_bn.running_mean)
+    assert torch.equal(bn.running_var, ref_bn.running_var)
+    assert bn.num_batches_tracked.item() == ref_bn.num_batches_tracked.item() == 2
+
+
+def test_conv3d_bn_act_eval_gradients_flow_to_bn():
+    conv, bn, a = _chain()
+    fused = Conv3dBNAct.from_modules(copy.deepcopy(conv), copy.deepcopy(bn), a).eval()
+    conv.eval(), bn.eval()
+    x = torch.randn(1, 4, 3, 5, 5)
+    fused(x).sum().backward()
+    _run_chain(conv, bn, a, x).sum().backward()
+    torch.testing.assert_close(fused.bn.weight.grad, bn.weight.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fused.conv.weight.grad, conv.weight.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_fold_cache_reused_and_invalidated():
+    conv, bn, a = _chain()
+    fused = Conv3dBNAct.from_modules(conv, bn, a).eval()
+    x = torch.randn(1, 4, 3, 5, 5)
+    with torch.no_grad():
+        fused(x)
+        first = fused._fold_cache
+        fused(x)
+        assert fused._fold_cache is first  # no refold
+        bn.running_var.mul_(2.0)  # in-place change bumps _version
+        y = fused(x)
+        assert fused._fold_cache is not first
+        conv2, bn2 = copy.deepcopy(conv), copy.deepcopy(bn)
+        torch.testing.assert_close(y, torch.relu(bn2.eval()(conv2(x))), rtol=1e-5, atol=1e-5)
+    # a training step updates the running stats: the next eval call refolds
+    second = fused._fold_cache
+    fused.train()(torch.randn(2, 4, 3, 5, 5))
+    fused.eval()
+    with torch.no_grad():
+        fused(x)
+    assert fused._fold_cache is not second
+    # load_state_dict is an in-place copy: detected too
+    third = fused._fold_cache
+    fused.load_state_dict(fused.state_dict())
+    with torch.no_grad():
+        fused(x)
+    assert fused._fold_cache is not third
+
+
+def test_conv3d_bn_act_bf16():
+    conv, bn, a = _chain()
+    ref = nn.Sequential(conv, bn, a).eval()
+    fused = Conv3dBNAct.from_modules(copy.deepcopy(conv), copy.deepcopy(bn), a).eval()
+    x = torch.randn(1, 4, 4, 6, 6)
+    with torch.no_grad():
+        expected = ref.double()(x.double())
+        got = fused.to(torch.bfloat16)(x.to(torch.bfloat16))
+    assert got.dtype == torch.bfloat16
+    assert _rel(got.double(), expected) < 3e-2
+
+
+def test_from_modules_errors():
+    with pytest.raises(ValueError, match="num_features=6 but conv has out_channels=8"):
+        Conv3dBNAct.from_modules(nn.Conv3d(4, 8, 1), nn.BatchNorm3d(6))
+    with pytest.raises(ValueError, match="nn.Conv3d"):
+        Conv3dBNAct.from_modules(nn.Conv2d(4, 8, 1), nn.BatchNorm3d(8))
+    with pytest.raises(ValueError, match="unsupported activation"):
+        Conv3dBNAct.from_modules(nn.Conv3d(4, 8, 1), nn.BatchNorm3d(8), nn.GELU())
+    with pytest.raises(ValueError, match="track_running_stats"):
+        Conv3dBNAct.from_modules(nn.Conv3d(4, 8, 1), nn.BatchNorm3d(8, track_running_stats=False))
+    with pytest.raises(ValueError, match="padding_mode"):
+        Conv3dBNAct.from_modules(nn.Conv3d(4, 8, 3, padding=1, padding_mode="reflect"), None, "relu")
+    with pytest.raises(ValueError, match="unknown activation"):
+        Conv3dBNAct(4, 8, 1, activation="gelu")
+
+
+def test_bad_input_errors_come_from_the_op():
+    m = Conv3dBNAct(4, 8, 3).eval()
+    w = m.conv.weight
+    s, b = torch.ones(8), torch.zeros(8)
+    for bad in (torch.randn(4, 5, 5, 5), torch.randn(1, 3, 5, 5, 5),
+                torch.randn(1, 4, 5, 5, 5, dtype=torch.float64)):
+        with pytest.raises(Exception) as op_err:
+            videoconv.ops.conv3d_bn_act(bad, w, s, b)
+        with torch.no_grad(), pytest.raises(type(op_err.value)) as mod_err:
+            m(bad)
+        assert str(mod_err.value) == str(op_err.value)
+
+
+def test_backend_attribute():
+    m = Conv3dBNAct.from_modules(nn.Conv3d(4, 8, 1), nn.BatchNorm3d(8), "relu",
+                                 backend="reference").eval()
+    with torch.no_grad():
+        assert m(torch.randn(1, 4, 2, 3, 3)).shape == (1, 8, 2, 3, 3)
+    m.backend = "no-such-backend"
+    with pytest.raises(ValueError, match="unknown videoconv backend"):
+        m(torch.randn(1, 4, 2, 3, 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# Conv2Plus1dBNAct
+
+
+def _unit(temporal_first=False, act=nn.ReLU, stride=(2, 2, 2)):
+    st, sh, sw = stride
+    spatial = lambda ci, co: nn.Conv3d(ci, co, (1, 3, 3), (1, sh, sw), (0, 1, 1), bias=False)  # noqa
+    temporal = lambda ci, co: nn.Conv3d(ci, co, (3, 1, 1), (st, 1, 1), (1, 0, 0), bias=False)  # noqa
+    c1 = (temporal if temporal_first else spatial)(4, 6)
+    c2 = (spatial if temporal_first else temporal)(6, 8)
+    return c1, _randomise_bn(nn.BatchNorm3d(6), 1), act(), c2, _randomise_bn(nn.BatchNorm3d(8), 2), act()
+
+
+def _run_unit(mods, x, residual=None):
+    c1, b1, a1, c2, b2, a2 = mods
+    y = b2(c2(a1(b1(c1(x)))))
+    if residual is not None:
+        y = y + residual
+    return a2(y)
+
+
+@pytest.mark.parametrize("temporal_first", [False, True])
+@pytest.mark.parametrize("residual", [False, True])
+def test_conv2plus1d_eval_matches_chain(temporal_first, residual):
+    mods = _unit(temporal_first, act=nn.SiLU if residual else nn.ReLU)
+    fused = Conv2Plus1dBNAct.from_modules(*copy.deepcopy(mods)).eval()
+    for m in mods:
+        m.eval()
+    assert fused.temporal_first == temporal_first and fused.stride == (2, 2, 2)
+    x = torch.randn(2, 4, 6, 9, 9)
+    r = torch.randn(2, 8, 3, 5, 5) if residual else None
+    with torch.no_grad():
+        assert _rel(fused(x, r), _run_unit(mods, x, r)) < 1e-5
+
+
+def test_conv2plus1d_train_matches_chain():
+    mods = _unit()
+    ref = copy.deepcopy(mods)
+    fused = Conv2Plus1dBNAct.from_modules(*mods).train()
+    x = torch.randn(2, 4, 6, 9, 9)
+    r = torch.randn(2, 8, 3, 5, 5)
+    y, y_ref = fused(x, r), _run_unit(ref, x, r)
+    assert torch.equal(y, y_ref)
+    y.square().sum().backward()
+    y_ref.square().sum().backward()
+    for i in (0, 1, 3, 4):
+        torch.testing.assert_close(mods[i].weight.grad, ref[i].weight.grad, rtol=1e-5, atol=1e-6)
+    for i in (1, 4):
+        assert torch.equal(mods[i].running_mean, ref[i].running_mean)
+        assert torch.equal(mods[i].running_var, ref[i].running_var)
+        assert mods[i].num_batches_tracked.item() == 1
+
+
+def test_conv2plus1d_constructor_and_errors():
+    m = Conv2Plus1dBNAct(4, 6, 8, kernel_size=3, stride=(1, 2, 2), padding=1).eval()
+    assert m(torch.randn(1, 4, 4, 8, 8)).shape == (1, 8, 4, 4, 4)
+    assert [k.split(".")[0] for k in m.state_dict()][:1] == ["conv1"]
+    c1, b1, a1, c2, b2, a2 = _unit()
+    with pytest.raises(ValueError, match="num_features"):
+        Conv2Plus1dBNAct.from_modules(c1, nn.BatchNorm3d(5), a1, c2, b2, a2)
+    with pytest.raises(ValueError, match="same activation"):
+        Conv2Plus1dBNAct.from_modules(c1, b1, nn.ReLU(), c2, b2, nn.SiLU())
+    with pytest.raises(ValueError, match=r"\(2\+1\)D unit needs"):
+        Conv2Plus1dBNAct.from_modules(nn.Conv3d(4, 6, 3), b1, a1, c2, b2, a2)
+    with pytest.raises(ValueError, match="in_channels"):
+        Conv2Plus1dBNAct.from_modules(c1, b1, a1, nn.Conv3d(5, 8, (3, 1, 1)), b2, a2)

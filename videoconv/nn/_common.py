@@ -1,0 +1,180 @@
+"""Helpers shared by the fused modules: where the original submodules live, activations,
+the folded-parameter cache and the backend context."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..ops._validation import canonical_activation
+
+__all__ = ["activation_name", "apply_activation", "FusedModuleBase"]
+
+
+def activation_name(act, what: str = "activation") -> str:
+    """The op's activation name for a module (``nn.ReLU``, ``nn.SiLU``, ``nn.Identity``, None) or
+    a string (``"relu"``, ``"silu"``/``"swish"``, ``"identity"``)."""
+    if act is None or isinstance(act, nn.Identity):
+        return "identity"
+    if isinstance(act, str):
+        return canonical_activation(act, "videoconv.nn")
+    if isinstance(act, nn.ReLU):
+        return "relu"
+    if isinstance(act, nn.SiLU):
+        return "silu"
+    raise ValueError(
+        f"videoconv.nn: unsupported {what} {type(act).__name__}; expected nn.ReLU, nn.SiLU, "
+        "nn.Identity/None, or one of 'relu', 'silu', 'identity'"
+    )
+
+
+def apply_activation(x: Tensor, activation: str) -> Tensor:
+    if activation == "relu":
+        return torch.relu(x)
+    if activation == "silu":
+        return F.silu(x)
+    return x
+
+
+class _Container(nn.Module):
+    """An empty holder, so original submodules keep their nested names (``0.0.weight``)."""
+
+    def forward(self, *args, **kwargs):  # pragma: no cover - never called
+        raise RuntimeError("internal container of a videoconv fused module; not callable")
+
+
+def _check_name(name: str) -> Tuple[str, ...]:
+    parts = tuple(name.split("."))
+    if not name or any(not p for p in parts):
+        raise ValueError(f"videoconv.nn: invalid submodule name {name!r}")
+    return parts
+
+
+class FusedModuleBase(nn.Module):
+    """Base of the fused modules.
+
+    The original modules (convs, BatchNorms) are registered as submodules under names given by
+    ``_slots`` (role -> dotted path, e.g. ``{"conv": "0", "bn": "1"}`` or the default
+    ``{"conv": "conv", "bn": "bn"}``), so the fused module's ``state_dict`` has the keys the
+    original container had. ``_slots`` maps a role to None where there is no such module.
+    """
+
+    _roles: Tuple[str, ...] = ()
+
+    def _init_slots(self, modules: Dict[str, Optional[nn.Module]], names: Optional[Dict[str, str]]):
+        names = dict(names or {})
+        unknown = set(names) - set(self._roles)
+        if unknown:
+            raise ValueError(f"videoconv.nn: unknown submodule roles {sorted(unknown)}; "
+                             f"expected some of {list(self._roles)}")
+        slots: Dict[str, Optional[Tuple[str, ...]]] = {}
+        used = set()
+        for role in self._roles:
+            module = modules.get(role)
+            if module is None:
+                slots[role] = None
+                continue
+            parts = _check_name(names.get(role, role))
+            if parts in used or any(parts[: len(u)] == u or u[: len(parts)] == parts for u in used):
+                raise ValueError(f"videoconv.nn: submodule name {'.'.join(parts)!r} clashes")
+            used.add(parts)
+            parent: nn.Module = self
+            for p in parts[:-1]:
+                child = parent._modules.get(p)
+                if child is None:
+                    child = _Container()
+                    parent.add_module(p, child)
+                parent = child
+            parent.add_module(parts[-1], module)
+            slots[role] = parts
+        self._slots = slots
+        self._fold_cache = None
+        self.backend: Optional[str] = None
+
+    def _get(self, role: str) -> Optional[nn.Module]:
+        parts = self._slots[role]
+        if parts is None:
+            return None
+        m: nn.Module = self
+        for p in parts:
+            m = m._modules[p]
+        return m
+
+    def submodule_names(self) -> Dict[str, Optional[str]]:
+        """Role -> dotted name of the original module inside this one (None if absent)."""
+        return {r: (None if p is None else ".".join(p)) for r, p in self._slots.items()}
+
+    # -- folded parameters, cached ---------------------------------------------------------
+
+    def _fold_sources(self) -> Sequence[Optional[Tensor]]:
+        raise NotImplementedError
+
+    def _fold(self) -> Tuple[Tensor, ...]:
+        raise NotImplementedError
+
+    def invalidate_fold_cache(self) -> None:
+        """Forget the cached folded scale/shift. Needed only after changing parameters through
+        ``.data`` (which has its own version counter); in-place updates, ``load_state_dict``,
+        ``.to()`` and training steps are detected automatically."""
+        self._fold_cache = None
+
+    def _forget_fold(self) -> None:
+        # The running statistics change in training mode (native batch_norm updates them
+        # without always bumping their version counter; num_batches_tracked's add_ does).
+        if not torch.compiler.is_compiling():
+            self._fold_cache = None
+
+    def folded(self) -> Tuple[Tensor, ...]:
+        """The folded per-channel scale/shift tensors (eval-mode semantics).
+
+        Cached across calls when no gradient is needed: the cache key is every source tensor's
+        identity, storage pointer and version counter (``_version``, bumped by any in-place
+        update: optimiser steps, ``copy_``, ``load_state_dict``, BN's running-stat updates),
+        plus its dtype and device. Under ``torch.compile`` the fold is traced instead (it is a
+        handful of per-channel ops).
+        """
+        sources = self._fold_sources()
+        if torch.compiler.is_compiling():
+            return self._fold()
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in sources):
+            return self._fold()  # differentiable w.r.t. the BN/conv parameters; not cached
+        key = tuple(
+            None if t is None else (id(t), t.data_ptr(), t._version, t.dtype, t.device)
+            for t in sources
+        )
+        cache = self._fold_cache
+        if cache is not None and cache[0] == key:
+            return cache[1]
+        with torch.no_grad():
+            values = tuple(v.detach() for v in self._fold())
+        self._fold_cache = (key, values)
+        return values
+
+    def _backend_context(self):
+        if self.backend is None:
+            return contextlib.nullcontext()
+        from .. import backends  # selection context only; the op picks the implementation
+
+        return backends.use(self.backend)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_fold_cache"] = None
+        return state
+
+    def __deepcopy__(self, memo):
+        # Default deepcopy, minus the cache (it refers to the source's tensors).
+        cls = type(self)
+        new = cls.__new__(cls)
+        memo[id(self)] = new
+        import copy
+
+        for k, v in self.__dict__.items():
+            setattr_ = object.__setattr__
+            setattr_(new, k, None if k == "_fold_cache" else copy.deepcopy(v, memo))
+        return new

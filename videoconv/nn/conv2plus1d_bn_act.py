@@ -1,0 +1,205 @@
+"""``videoconv.nn.Conv2Plus1dBNAct``: a whole (2+1)D unit, fused."""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import ops
+from ._common import FusedModuleBase, activation_name, apply_activation
+from .conv3d_bn_act import check_bn_for_fusion, check_conv3d_for_fusion
+from .folding import fold_conv_bn
+
+__all__ = ["Conv2Plus1dBNAct", "split_2plus1d_convs"]
+
+_IntOrTriple = Union[int, Sequence[int]]
+
+
+def _triple(v, name):
+    if isinstance(v, int):
+        return (v, v, v)
+    t = tuple(int(i) for i in v)
+    if len(t) != 3:
+        raise ValueError(f"videoconv.nn: {name} must be an int or a triple, got {v!r}")
+    return t
+
+
+def split_2plus1d_convs(conv1: nn.Conv3d, conv2: nn.Conv3d) -> Tuple[bool, Tuple[int, ...], Tuple[int, ...]]:
+    """``(temporal_first, stride, padding)`` of the (2+1)D unit made of ``conv1`` then ``conv2``.
+
+    One conv must be spatial (kernel ``(1, kH, kW)``, stride ``(1, sH, sW)``, padding
+    ``(0, pH, pW)``), the other temporal (``(kT, 1, 1)``, ``(sT, 1, 1)``, ``(pT, 0, 0)``); no groups,
+    no dilation, and ``conv2.in_channels == conv1.out_channels``. ValueError otherwise.
+    """
+    for name, c in (("conv1", conv1), ("conv2", conv2)):
+        check_conv3d_for_fusion(c, name)
+        if c.groups != 1 or tuple(c.dilation) != (1, 1, 1):
+            raise ValueError(f"videoconv.nn: {name} of a (2+1)D unit must have groups=1 and "
+                             f"dilation 1, got groups={c.groups}, dilation={tuple(c.dilation)}")
+    if conv2.in_channels != conv1.out_channels:
+        raise ValueError(f"videoconv.nn: conv1 has out_channels={conv1.out_channels} but conv2 has "
+                         f"in_channels={conv2.in_channels}")
+
+    def spatial(c):
+        return (c.kernel_size[0] == 1 and c.stride[0] == 1 and c.padding[0] == 0)
+
+    def temporal(c):
+        return (tuple(c.kernel_size[1:]) == (1, 1) and tuple(c.stride[1:]) == (1, 1)
+                and tuple(c.padding[1:]) == (0, 0))
+
+    if spatial(conv1) and temporal(conv2):
+        s, t, temporal_first = conv1, conv2, False
+    elif temporal(conv1) and spatial(conv2):
+        s, t, temporal_first = conv2, conv1, True
+    else:
+        raise ValueError(
+            "videoconv.nn: a (2+1)D unit needs a spatial conv (kernel (1, kH, kW), stride "
+            "(1, sH, sW), padding (0, pH, pW)) and a temporal conv (kernel (kT, 1, 1), stride "
+            f"(sT, 1, 1), padding (pT, 0, 0)); got conv1 kernel {tuple(conv1.kernel_size)} stride "
+            f"{tuple(conv1.stride)} padding {tuple(conv1.padding)}, conv2 kernel "
+            f"{tuple(conv2.kernel_size)} stride {tuple(conv2.stride)} padding {tuple(conv2.padding)}"
+        )
+    stride = (t.stride[0], s.stride[1], s.stride[2])
+    padding = (t.padding[0], s.padding[1], s.padding[2])
+    return temporal_first, stride, padding
+
+
+class Conv2Plus1dBNAct(FusedModuleBase):
+    r"""A (2+1)D unit: ``conv1 -> bn1 -> act -> conv2 -> bn2 [+ residual] -> act``.
+
+    Spatial first (R(2+1)D: ``conv1`` is ``(1, kH, kW)``, ``conv2`` is ``(kT, 1, 1)``) or
+    ``temporal_first``. Eval mode runs :func:`videoconv.ops.conv2plus1d_bn_act` with both
+    BatchNorms folded (cached as in :class:`Conv3dBNAct`); train mode runs the unfused chain
+    with both BatchNorm modules in training mode (batch statistics, running-stat updates).
+
+    The original modules are submodules (default names ``conv1``, ``bn1``, ``conv2``, ``bn2``;
+    :meth:`from_modules` takes other, possibly dotted, names: ``fuse()`` uses ``"0.0"``,
+    ``"0.1"``, ``"0.3"``, ``"1"`` for torchvision's ``Sequential(Conv2Plus1D, BN, ReLU)`` so the
+    ``state_dict`` keys do not change).
+
+    Args:
+        in_channels, mid_channels, out_channels: widths (input, between the convs, output).
+        kernel_size, stride, padding: of the 3D conv being factored, ``(kT, kH, kW)`` etc.
+        activation: ``"relu"``, ``"silu"`` or ``"identity"`` (after both convs).
+        temporal_first: temporal conv first.
+        bias, eps, momentum: as ``nn.Conv3d``/``nn.BatchNorm3d``.
+    """
+
+    _roles = ("conv1", "bn1", "conv2", "bn2")
+
+    def __init__(
+        self,
+        in_channels: int,
+        mid_channels: int,
+        out_channels: int,
+        kernel_size: _IntOrTriple = 3,
+        stride: _IntOrTriple = 1,
+        padding: _IntOrTriple = 0,
+        activation: str = "relu",
+        temporal_first: bool = False,
+        bias: bool = False,
+        eps: float = 1e-5,
+        momentum: Optional[float] = 0.1,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        kt, kh, kw_ = _triple(kernel_size, "kernel_size")
+        st, sh, sw = _triple(stride, "stride")
+        pt, ph, pw = _triple(padding, "padding")
+        spatial = dict(kernel_size=(1, kh, kw_), stride=(1, sh, sw), padding=(0, ph, pw))
+        temporal = dict(kernel_size=(kt, 1, 1), stride=(st, 1, 1), padding=(pt, 0, 0))
+        first, second = (temporal, spatial) if temporal_first else (spatial, temporal)
+        conv1 = nn.Conv3d(in_channels, mid_channels, bias=bias, **first, **kw)
+        conv2 = nn.Conv3d(mid_channels, out_channels, bias=bias, **second, **kw)
+        bn1 = nn.BatchNorm3d(mid_channels, eps, momentum, **kw)
+        bn2 = nn.BatchNorm3d(out_channels, eps, momentum, **kw)
+        self._setup(conv1, bn1, conv2, bn2, activation_name(activation), None)
+
+    def _setup(self, conv1, bn1, conv2, bn2, activation, names) -> None:
+        temporal_first, stride, padding = split_2plus1d_convs(conv1, conv2)
+        check_bn_for_fusion(bn1, conv1.out_channels, "bn1", "conv1")
+        check_bn_for_fusion(bn2, conv2.out_channels, "bn2", "conv2")
+        self.activation = activation
+        self.temporal_first = temporal_first
+        self.stride = stride
+        self.padding = padding
+        self._init_slots({"conv1": conv1, "bn1": bn1, "conv2": conv2, "bn2": bn2}, names)
+
+    @classmethod
+    def from_modules(
+        cls,
+        conv1: nn.Conv3d,
+        bn1: Optional[nn.BatchNorm3d],
+        act1: Union[nn.Module, str, None],
+        conv2: nn.Conv3d,
+        bn2: Optional[nn.BatchNorm3d],
+        act2: Union[nn.Module, str, None],
+        *,
+        names: Optional[Dict[str, str]] = None,
+        backend: Optional[str] = None,
+    ) -> "Conv2Plus1dBNAct":
+        """Fuse an existing (2+1)D unit; parameters are shared, not copied.
+
+        ``act1`` and ``act2`` must be the same activation (the op applies one activation after
+        both convolutions). ValueError for mismatched channels or convs that do not form a
+        (2+1)D pair (see :func:`split_2plus1d_convs`).
+        """
+        a1, a2 = activation_name(act1, "act1"), activation_name(act2, "act2")
+        if a1 != a2:
+            raise ValueError(f"videoconv.nn: act1 ({a1}) and act2 ({a2}) of a (2+1)D unit must "
+                             "be the same activation")
+        self = cls.__new__(cls)
+        FusedModuleBase.__init__(self)
+        self._setup(conv1, bn1, conv2, bn2, a1, names)
+        self.backend = backend
+        self.train(conv1.training if bn1 is None else bn1.training)
+        return self
+
+    conv1 = property(lambda self: self._get("conv1"))
+    bn1 = property(lambda self: self._get("bn1"))
+    conv2 = property(lambda self: self._get("conv2"))
+    bn2 = property(lambda self: self._get("bn2"))
+
+    def _fold_sources(self):
+        out = []
+        for c, b in ((self.conv1, self.bn1), (self.conv2, self.bn2)):
+            out += [c.weight, c.bias]
+            if b is not None:
+                out += [b.weight, b.bias, b.running_mean, b.running_var, b.num_batches_tracked]
+        return tuple(out)
+
+    def _fold(self):
+        return fold_conv_bn(self.conv1, self.bn1) + fold_conv_bn(self.conv2, self.bn2)
+
+    def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        conv1, bn1, conv2, bn2 = self.conv1, self.bn1, self.conv2, self.bn2
+        if self.training and (bn1 is not None or bn2 is not None):
+            self._forget_fold()
+            h = F.conv3d(x, conv1.weight, conv1.bias, conv1.stride, conv1.padding)
+            if bn1 is not None:
+                h = bn1(h)
+            h = apply_activation(h, self.activation)
+            y = F.conv3d(h, conv2.weight, conv2.bias, conv2.stride, conv2.padding)
+            if bn2 is not None:
+                y = bn2(y)
+            if residual is not None:
+                y = y + residual
+            return apply_activation(y, self.activation)
+        scale1, shift1, scale2, shift2 = self.folded()
+        with self._backend_context():
+            return ops.conv2plus1d_bn_act(x, conv1.weight, scale1, shift1, conv2.weight, scale2,
+                                          shift2, self.stride, self.padding, self.activation,
+                                          self.temporal_first, residual)
+
+    def extra_repr(self) -> str:
+        s = (f"activation={self.activation!r}, temporal_first={self.temporal_first}, "
+             f"stride={self.stride}, padding={self.padding}")
+        if self.backend is not None:
+            s += f", backend={self.backend!r}"
+        return s

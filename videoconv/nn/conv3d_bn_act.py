@@ -1,0 +1,178 @@
+"""``videoconv.nn.Conv3dBNAct``: Conv3d -> BatchNorm3d [+ residual] -> activation, fused."""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import ops
+from ._common import FusedModuleBase, activation_name, apply_activation
+from .folding import fold_conv_bn
+
+__all__ = ["Conv3dBNAct", "check_conv3d_for_fusion", "check_bn_for_fusion"]
+
+_IntOrTriple = Union[int, Sequence[int]]
+
+
+def check_conv3d_for_fusion(conv, what: str = "conv") -> None:
+    """ValueError unless ``conv`` is an ``nn.Conv3d`` the fused op can run."""
+    if not isinstance(conv, nn.Conv3d):
+        raise ValueError(f"videoconv.nn: {what} must be an nn.Conv3d, got {type(conv).__name__}")
+    if conv.padding_mode != "zeros":
+        raise ValueError(f"videoconv.nn: {what} has padding_mode={conv.padding_mode!r}; only "
+                         "'zeros' can be fused")
+    if isinstance(conv.padding, str):
+        raise ValueError(f"videoconv.nn: {what} has padding={conv.padding!r}; give the padding "
+                         "explicitly to fuse it")
+
+
+def check_bn_for_fusion(bn, channels: int, what: str = "bn", conv: str = "conv") -> None:
+    """ValueError unless ``bn`` is a foldable ``nn.BatchNorm3d`` with ``channels`` features."""
+    if bn is None:
+        return
+    if not isinstance(bn, nn.BatchNorm3d):
+        raise ValueError(f"videoconv.nn: {what} must be an nn.BatchNorm3d or None, got "
+                         f"{type(bn).__name__}")
+    if bn.num_features != channels:
+        raise ValueError(
+            f"videoconv.nn: {what} has num_features={bn.num_features} but {conv} has "
+            f"out_channels={channels}; they must match"
+        )
+    if not bn.track_running_stats:
+        raise ValueError(f"videoconv.nn: {what} has track_running_stats=False: it normalises "
+                         "with batch statistics in eval mode too and cannot be folded")
+
+
+class Conv3dBNAct(FusedModuleBase):
+    r"""``act(bn(conv3d(x)) [+ residual])`` as one module; eval mode runs one fused op.
+
+    The original ``nn.Conv3d`` and ``nn.BatchNorm3d`` are kept as submodules (default names
+    ``conv`` and ``bn``; :meth:`from_modules` takes other names, e.g. ``{"conv": "0", "bn": "1"}``
+    to stand in for ``nn.Sequential(conv, bn, act)`` with the same ``state_dict`` keys), so the
+    parameters, running statistics, ``state_dict`` and optimiser state are those of the unfused
+    chain.
+
+    * **eval** (``module.eval()``): :func:`videoconv.ops.conv3d_bn_act` with the BatchNorm (and
+      conv bias) folded into a per-channel ``scale``/``shift`` (:mod:`videoconv.nn.folding`),
+      cached until a parameter or buffer changes (see :meth:`folded`).
+    * **train**: exactly the unfused chain — ``F.conv3d`` (what ``nn.Conv3d`` runs, so outputs
+      are bit-identical), then the BatchNorm3d module itself in training mode (batch statistics,
+      running-stat update with ``momentum`` or the cumulative average when ``momentum=None``,
+      unbiased running variance, ``num_batches_tracked``), then ``+ residual``, then the
+      activation. Without a BatchNorm, training runs the fused op (scale 1, shift = bias),
+      which has autograd.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as
+            ``nn.Conv3d`` (``padding_mode`` zeros).
+        activation (str): ``"relu"``, ``"silu"`` (``"swish"``) or ``"identity"``.
+        eps, momentum, affine, track_running_stats: as ``nn.BatchNorm3d``.
+        batch_norm (bool): False for a conv(+bias) -> activation unit without BatchNorm.
+        device, dtype: factory kwargs.
+
+    ``forward(x, residual=None)``; ``residual`` is added before the activation. Bad inputs raise
+    the op's errors. ``module.backend`` (a backend name or None) forces the backend of the op.
+    """
+
+    _roles = ("conv", "bn")
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: _IntOrTriple,
+        stride: _IntOrTriple = 1,
+        padding: _IntOrTriple = 0,
+        dilation: _IntOrTriple = 1,
+        groups: int = 1,
+        bias: bool = False,
+        activation: str = "relu",
+        eps: float = 1e-5,
+        momentum: Optional[float] = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        batch_norm: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, **kw)
+        bn = (nn.BatchNorm3d(out_channels, eps, momentum, affine, track_running_stats, **kw)
+              if batch_norm else None)
+        self._setup(conv, bn, activation_name(activation), None)
+
+    def _setup(self, conv, bn, activation: str, names) -> None:
+        check_conv3d_for_fusion(conv)
+        check_bn_for_fusion(bn, conv.out_channels)
+        self.activation = activation
+        self._init_slots({"conv": conv, "bn": bn}, names)
+
+    @classmethod
+    def from_modules(
+        cls,
+        conv: nn.Conv3d,
+        bn: Optional[nn.BatchNorm3d] = None,
+        act: Union[nn.Module, str, None] = None,
+        *,
+        names: Optional[Dict[str, str]] = None,
+        backend: Optional[str] = None,
+    ) -> "Conv3dBNAct":
+        """Fuse existing modules; the result shares (does not copy) their parameters/buffers.
+
+        ``act``: ``nn.ReLU``, ``nn.SiLU``, ``nn.Identity``/None, or an activation name.
+        ``names``: where to register ``conv``/``bn`` inside the module (dotted paths allowed).
+        ``backend``: force this backend for the op (``videoconv.backends.use``).
+        ValueError if the conv/BN channels do not match or the modules cannot be fused.
+        """
+        self = cls.__new__(cls)
+        FusedModuleBase.__init__(self)
+        self._setup(conv, bn, activation_name(act), names)
+        self.backend = backend
+        self.train(conv.training if bn is None else bn.training)
+        return self
+
+    @property
+    def conv(self) -> nn.Conv3d:
+        return self._get("conv")
+
+    @property
+    def bn(self) -> Optional[nn.BatchNorm3d]:
+        return self._get("bn")
+
+    def _fold_sources(self):
+        conv, bn = self.conv, self.bn
+        if bn is None:
+            return (conv.weight, conv.bias)
+        return (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var,
+                bn.num_batches_tracked)
+
+    def _fold(self) -> Tuple[Tensor, Tensor]:
+        return fold_conv_bn(self.conv, self.bn)
+
+    def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        conv, bn = self.conv, self.bn
+        if self.training and bn is not None:
+            # BatchNorm training semantics: the unfused chain, module by module.
+            self._forget_fold()
+            z = F.conv3d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
+                         conv.groups)
+            y = bn(z)
+            if residual is not None:
+                y = y + residual
+            return apply_activation(y, self.activation)
+        scale, shift = self.folded()
+        with self._backend_context():
+            return ops.conv3d_bn_act(x, conv.weight, scale, shift, conv.stride, conv.padding,
+                                     conv.dilation, conv.groups, self.activation, residual)
+
+    def extra_repr(self) -> str:
+        s = f"activation={self.activation!r}"
+        if self.backend is not None:
+            s += f", backend={self.backend!r}"
+        return s
