@@ -107,6 +107,7 @@ def _bench(args: argparse.Namespace) -> int:
         smoke=args.smoke,
         min_run_time=args.min_run_time,
         progress=progress,
+        providers=args.providers.split(","),
     )
     print(zoo.rows_to_markdown(result))
     json_path, markdown_path = args.json, args.markdown
@@ -139,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="time the zoo's forward on the device present")
     p.add_argument("--models", help="comma-separated zoo names (default: all)")
     p.add_argument("--dtype", default="float32,bfloat16", help="comma-separated dtypes")
+    p.add_argument(
+        "--providers",
+        default="eager,videoconv",
+        help="comma-separated, from eager, videoconv, compile (inductor, freezing), openvino",
+    )
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--device", help="cpu or cuda (default: cuda if present)")
     p.add_argument("--smoke", action="store_true", help="tiny clips and short timing (for CI)")

@@ -1,15 +1,19 @@
-"""Forward timings of the reference zoo: the baseline every fused kernel is measured against.
+"""Forward timings of the reference zoo, per provider, in one run.
 
-Each model runs in eval mode as the eager ``nn.Conv3d`` chain in channels_last_3d (the layout
-cuDNN and oneDNN are fastest in for 3D convolutions), at its standard clip, batch 1 by default,
-in each requested dtype. Rows carry MACs from :func:`videoconv.analysis.count_flops` so the
-achieved TFLOP/s can be read against the device's peak.
+Each model runs in eval mode at its standard clip (batch 1 by default), channels_last_3d (the
+layout cuDNN and oneDNN are fastest in for 3D convolutions), in each requested dtype, through
+each provider: ``eager`` (the ``nn.Conv3d`` module chain: the baseline), ``videoconv``
+(``videoconv.fuse(model)``), ``compile`` (inductor with freezing) and ``openvino`` (CPU, when
+installed). Rows carry MACs from :func:`videoconv.analysis.count_flops`, so the achieved TFLOP/s
+can be read against the device's peak, and the speedup over eager measured in the same run.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import time
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -19,7 +23,7 @@ from ..analysis import count_flops, count_params
 from .environment import environment
 from .timing import time_callable
 
-__all__ = ["ZooRow", "run_zoo_benchmark", "rows_to_markdown", "DTYPES"]
+__all__ = ["ZooRow", "run_zoo_benchmark", "rows_to_markdown", "DTYPES", "PROVIDERS"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -37,7 +41,71 @@ class ZooRow:
     p20_ms: float
     p80_ms: float
     tflops: float
-    speedup_vs_eager: float = 1.0
+    #: Seconds spent preparing the provider (fusing, compiling, converting) before timing.
+    setup_s: float
+    speedup_vs_eager: Optional[float] = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Providers: each turns (eval model, clip) into a zero-argument forward, or says why it cannot.
+# All providers of one workload are timed in the same run, so their ratios are comparable.
+
+
+class ProviderUnavailable(RuntimeError):
+    pass
+
+
+def _eager(model, x):
+    return lambda: model(x)
+
+
+def _videoconv(model, x):
+    import videoconv
+
+    fused = videoconv.fuse(model)
+    return lambda: fused(x)
+
+
+def _compile(model, x):
+    # Inductor with freezing: constant-folds BN into the convolutions and, on CPU, prepacks
+    # oneDNN weights, i.e. the strongest torch.compile baseline for inference.
+    import torch._inductor.config as inductor_config
+
+    compiled = torch.compile(model)
+
+    def forward():
+        with inductor_config.patch(freezing=True):
+            return compiled(x)
+
+    with torch.inference_mode():
+        forward()  # compile outside the timed region, in the mode it is timed in
+    return forward
+
+
+def _openvino(model, x):
+    if x.device.type != "cpu":
+        raise ProviderUnavailable("OpenVINO runs on the CPU only")
+    try:
+        import openvino as ov
+    except ImportError:
+        raise ProviderUnavailable("openvino is not installed (pip install openvino)") from None
+    hint = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}[x.dtype]
+    converted = ov.convert_model(model.float(), example_input=x.float())
+    compiled = ov.Core().compile_model(
+        converted,
+        "CPU",
+        {
+            "INFERENCE_PRECISION_HINT": hint,
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        },
+    )
+    model.to(x.dtype)
+    clip = x.float().numpy()  # OpenVINO takes float32 and computes in the hinted precision
+    return lambda: compiled(clip)
+
+
+PROVIDERS = {"eager": _eager, "videoconv": _videoconv, "compile": _compile, "openvino": _openvino}
 
 
 def _input(spec, batch: int, smoke: bool):
@@ -53,72 +121,100 @@ def run_zoo_benchmark(
     smoke: bool = False,
     min_run_time: float = 1.0,
     progress=None,
+    providers: Sequence[str] = ("eager", "videoconv"),
 ) -> Dict[str, object]:
-    """Time each model's forward; returns ``{"environment": ..., "rows": [...]}``."""
+    """Time each model's forward per provider; returns ``{"environment", "rows", "skipped"}``."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     names = list(models) if models else zoo.list_models()
     for dt in dtypes:
         if dt not in DTYPES:
             raise ValueError(f"unknown dtype {dt!r}; choose from {', '.join(DTYPES)}")
+    for provider in providers:
+        if provider not in PROVIDERS:
+            raise ValueError(f"unknown provider {provider!r}; choose from {', '.join(PROVIDERS)}")
+    if "eager" not in providers:
+        providers = ("eager",) + tuple(providers)  # every speedup is relative to eager
     env = environment(device)
     rows: List[ZooRow] = []
+    skipped: List[str] = []
     for name in names:
         spec = zoo.get_model_spec(name)
         shape = _input(spec, batch, smoke)
-        model = zoo.get_model(name).eval()
-        params = count_params(model)
-        macs = count_flops(model, shape).total_macs
+        reference = zoo.get_model(name).eval()
+        params = count_params(reference)
+        macs = count_flops(reference, shape).total_macs
         for dt in dtypes:
-            if progress:
-                progress(f"{name} {dt} {'x'.join(map(str, shape))}")
-            m = model.to(device=device, dtype=DTYPES[dt], memory_format=torch.channels_last_3d)
             x = torch.randn(shape, device=device, dtype=DTYPES[dt]).contiguous(
                 memory_format=torch.channels_last_3d
             )
-
-            def forward():
-                with torch.inference_mode():
-                    return m(x)
-
-            timing = time_callable(
-                forward, device, min_run_time=0.05 if smoke else min_run_time, min_runs=1 if smoke else 5
-            )
-            rows.append(
-                ZooRow(
-                    provider="eager",
-                    workload=name,
-                    input_shape=list(shape),
-                    dtype=dt,
-                    device=env["device"],
-                    params=params,
-                    gmacs=macs / 1e9,
-                    median_ms=timing.median_ms,
-                    p20_ms=timing.p20_ms,
-                    p80_ms=timing.p80_ms,
-                    tflops=2 * macs / (timing.median_ms * 1e-3) / 1e12,
+            eager_ms = None
+            for provider in providers:
+                if progress:
+                    progress(f"{name} {dt} {'x'.join(map(str, shape))} {provider}")
+                model = copy.deepcopy(reference).to(
+                    device=device, dtype=DTYPES[dt], memory_format=torch.channels_last_3d
                 )
-            )
-        del model, m, x
-    return {"environment": env, "rows": [dataclasses.asdict(r) for r in rows]}
+                start = time.perf_counter()
+                try:
+                    # Outside inference_mode: fusing must not turn the parameters into
+                    # inference tensors; the timed calls below run in inference_mode.
+                    with torch.no_grad():
+                        forward = PROVIDERS[provider](model, x)
+                except ProviderUnavailable as exc:
+                    skipped.append(f"{provider} on {name} {dt}: {exc}")
+                    continue
+                setup_s = time.perf_counter() - start
+
+                def timed():
+                    with torch.inference_mode():
+                        return forward()
+
+                timing = time_callable(
+                    timed, device, min_run_time=0.05 if smoke else min_run_time, min_runs=1 if smoke else 5
+                )
+                if provider == "eager":
+                    eager_ms = timing.median_ms
+                rows.append(
+                    ZooRow(
+                        provider=provider,
+                        workload=name,
+                        input_shape=list(shape),
+                        dtype=dt,
+                        device=env["device"],
+                        params=params,
+                        gmacs=macs / 1e9,
+                        median_ms=timing.median_ms,
+                        p20_ms=timing.p20_ms,
+                        p80_ms=timing.p80_ms,
+                        tflops=2 * macs / (timing.median_ms * 1e-3) / 1e12,
+                        setup_s=setup_s,
+                        speedup_vs_eager=None if eager_ms is None else eager_ms / timing.median_ms,
+                    )
+                )
+                del model, forward
+    return {"environment": env, "rows": [dataclasses.asdict(r) for r in rows], "skipped": skipped}
 
 
 def rows_to_markdown(result: Dict[str, object]) -> str:
     env = result["environment"]
     lines = [
-        f"Reference zoo, eager forward, channels_last_3d — {env['device']}",
+        f"Reference zoo forward, batch as shown, channels_last_3d — {env['device']}",
         "",
         f"torch {env['torch']}, triton {env['triton']}, videoconv {env['videoconv']} "
         f"(rev {env['git_revision']}), {env['date']}; command: `{env['command']}`",
         "",
-        "| model | input | dtype | params (M) | GMACs | median ms | p20–p80 ms | TFLOP/s |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| model | input | dtype | provider | median ms | p20–p80 ms | TFLOP/s | vs eager | setup s |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in result["rows"]:
+        speedup = "—" if r["speedup_vs_eager"] is None else f"{r['speedup_vs_eager']:.2f}x"
         lines.append(
             f"| {r['workload']} | {'x'.join(map(str, r['input_shape']))} | {r['dtype']} | "
-            f"{r['params'] / 1e6:.2f} | {r['gmacs']:.2f} | {r['median_ms']:.1f} | "
-            f"{r['p20_ms']:.1f}–{r['p80_ms']:.1f} | {r['tflops']:.3f} |"
+            f"{r['provider']} | {r['median_ms']:.1f} | {r['p20_ms']:.1f}–{r['p80_ms']:.1f} | "
+            f"{r['tflops']:.3f} | {speedup} | {r['setup_s']:.1f} |"
         )
+    for line in result.get("skipped", []):
+        lines.append(f"\nnot run: {line}")
     return "\n".join(lines) + "\n"
 
 

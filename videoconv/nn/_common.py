@@ -137,16 +137,17 @@ class FusedModuleBase(nn.Module):
         update: optimiser steps, ``copy_``, ``load_state_dict``, BN's running-stat updates),
         plus its dtype and device. Under ``torch.compile`` the fold is traced instead (it is a
         handful of per-channel ops).
+
+        Parameters that are inference tensors (a model built or fused under
+        ``torch.inference_mode``) have no version counter: their in-place updates cannot be
+        seen, so call :meth:`invalidate_fold_cache` after changing them.
         """
         sources = self._fold_sources()
         if torch.compiler.is_compiling():
             return self._fold()
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in sources):
             return self._fold()  # differentiable w.r.t. the BN/conv parameters; not cached
-        key = tuple(
-            None if t is None else (id(t), t.data_ptr(), t._version, t.dtype, t.device)
-            for t in sources
-        )
+        key = tuple(None if t is None else _cache_key(t) for t in sources)
         cache = self._fold_cache
         if cache is not None and cache[0] == key:
             return cache[1]
@@ -178,3 +179,10 @@ class FusedModuleBase(nn.Module):
             setattr_ = object.__setattr__
             setattr_(new, k, None if k == "_fold_cache" else copy.deepcopy(v, memo))
         return new
+
+
+def _cache_key(t: Tensor) -> tuple:
+    # Inference tensors do not track versions (reading _version raises); identity and storage
+    # still catch replaced tensors, which is how parameters are normally swapped.
+    version = -1 if t.is_inference() else t._version
+    return (id(t), t.data_ptr(), version, t.dtype, t.device)
