@@ -18,6 +18,14 @@ def _no_forced_backend(monkeypatch):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _reference_only_registry(monkeypatch):
+    """These tests exercise the registry with test backends: start from reference alone, whatever
+    real backends (cpu, ...) this install registers; they are restored afterwards."""
+    monkeypatch.setattr(backends, "PRIORITY", [ReferenceBackend])
+    yield
+
+
 def _conv_inputs(groups=1, dtype=torch.float32):
     x = torch.randn(1, 4, 4, 6, 6, dtype=dtype)
     w = torch.randn(4, 4 // groups, 3, 3, 3, dtype=dtype) / 6

@@ -159,21 +159,35 @@ def test_inplace_and_backend():
 
 
 def _train_step_matches(model, x):
+    """One training step of the fused model equals the original's.
+
+    Outputs and running statistics are compared directly. Gradients are compared with a float64
+    run of the same step: a fused backend may round differently from eager (the cpu backend
+    folds and packs weights for oneDNN), and some of these gradients are ill-conditioned
+    (x3d_s's first conv: eager float32 itself is ~13% off float64 there), so "equal to eager"
+    would test rounding luck. The fused gradient must be as close to float64 as eager's is.
+    """
     model.train()
     fused = videoconv.fuse(model)
     fused.train()
     ref = copy.deepcopy(model)
-    y_ref, y = ref(x), fused(x)
+    exact = copy.deepcopy(model).double()
+    y_ref, y, y_exact = ref(x), fused(x), exact(x.double())
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     g = torch.randn_like(y)
     y_ref.backward(g)
     y.backward(g)
+    y_exact.backward(g.double())
     ref_sd, sd = ref.state_dict(keep_vars=True), fused.state_dict(keep_vars=True)
+    exact_sd = exact.state_dict(keep_vars=True)
     assert list(ref_sd) == list(sd)
     for k in ref_sd:
         a, b = sd[k], ref_sd[k]
         if isinstance(b, nn.Parameter):
-            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=k)
+            truth = exact_sd[k].grad
+            eager_error = (b.grad.double() - truth).norm()
+            fused_error = (a.grad.double() - truth).norm()
+            assert fused_error <= 2 * eager_error + 1e-6 * truth.norm(), (k, fused_error, eager_error)
         else:  # running statistics after one step
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
 

@@ -284,3 +284,9 @@ def select_backend(op_name: str, **inputs: Any) -> Type[Backend]:
         all_reasons[backend.name] = reasons
     lines = "\n".join(f"  {name}: {'; '.join(r)}" for name, r in all_reasons.items())
     raise NotSupportedError(f"no videoconv backend can run {_describe(op_name, inputs)}:\n{lines}")
+
+
+# Backends implemented in their own modules register here (imported last: they subclass Backend).
+from .cpu import CpuBackend  # noqa: E402
+
+register_backend(CpuBackend)

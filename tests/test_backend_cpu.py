@@ -1,0 +1,243 @@
+"""The ``cpu`` backend (oneDNN fused pointwise conv, prepacked BN-folded weight): values against the
+float64 oracle over test_ops' shape matrix, layouts, the packed-weight cache, refusals, selection."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+from videoconv import backends
+from videoconv.backends import NotSupportedError, ReferenceBackend
+from videoconv.backends import cpu as cpu_backend
+from videoconv.backends.cpu import CpuBackend
+from videoconv.ops import conv2plus1d_bn_act, conv3d_bn_act
+
+from test_ops import (  # shape tables and the float64 oracle, shared with test_ops
+    ACTS,
+    CONV_CASES,
+    LAYOUTS,
+    PLUS1D_CASES,
+    _TOL,
+    _check_layout,
+    _conv_case,
+    _plus1d_case,
+    oracle_conv2plus1d,
+    oracle_conv3d_bn_act,
+)
+
+pytestmark = pytest.mark.skipif(
+    bool(CpuBackend.environment_reasons()), reason="; ".join(CpuBackend.environment_reasons())
+)
+
+CPU_DTYPES = (torch.float32, torch.bfloat16)
+_ids = lambda d: str(d).replace("torch.", "")  # noqa: E731
+
+
+@pytest.fixture(autouse=True)
+def _no_forced_backend(monkeypatch):
+    monkeypatch.delenv("VIDEOCONV_BACKEND", raising=False)
+    yield
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("dtype", CPU_DTYPES, ids=_ids)
+@pytest.mark.parametrize("case", CONV_CASES, ids=[c[0] for c in CONV_CASES])
+def test_conv3d_bn_act_matches_float64(case, dtype, layout, with_residual, act):
+    x, w, scale, shift, stride, padding, dilation, groups, residual, out = _conv_case(
+        case, dtype, layout, with_residual
+    )
+    with backends.use("cpu"):
+        y = conv3d_bn_act(x, w, scale, shift, stride, padding, dilation, groups, act, residual)
+    expected = oracle_conv3d_bn_act(x, w, scale, shift, stride, padding, dilation, groups, act, residual)
+    assert list(y.shape) == out and y.dtype == dtype
+    _check_layout(y, x)
+    atol, rtol = _TOL[dtype]
+    torch.testing.assert_close(y.double(), expected, atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("dtype", CPU_DTYPES, ids=_ids)
+@pytest.mark.parametrize("case", PLUS1D_CASES, ids=[c[0] for c in PLUS1D_CASES])
+def test_conv2plus1d_bn_act_matches_float64(case, dtype, layout, with_residual, act):
+    x, w1, s1, b1, w2, s2, b2, stride, padding, tf, residual, out = _plus1d_case(
+        case, dtype, layout, with_residual
+    )
+    with backends.use("cpu"):
+        y = conv2plus1d_bn_act(x, w1, s1, b1, w2, s2, b2, stride, padding, act, tf, residual)
+    expected = oracle_conv2plus1d(x, w1, s1, b1, w2, s2, b2, stride, padding, act, tf, residual)
+    assert list(y.shape) == out and y.dtype == dtype
+    _check_layout(y, x)
+    atol, rtol = _TOL[dtype]
+    torch.testing.assert_close(y.double(), expected, atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES, ids=_ids)
+def test_odd_layouts_in(dtype):
+    """C == 1 (both layouts at once), a non-dense input, a residual in the other layout."""
+    w = torch.randn(4, 1, 3, 3, 3).to(dtype)
+    s, b = torch.rand(4).to(dtype) + 0.5, torch.randn(4).to(dtype)
+    x1 = torch.randn(2, 1, 5, 6, 6).to(dtype).contiguous(memory_format=torch.channels_last_3d)
+    x2 = torch.randn(2, 2, 5, 6, 12).to(dtype)[:, :1, :, :, ::2]  # neither layout
+    for x in (x1, x2):
+        res = torch.randn(2, 4, 5, 6, 6).to(dtype).contiguous(memory_format=torch.channels_last_3d)
+        with backends.use("cpu"):
+            y = conv3d_bn_act(x, w, s, b, padding=1, activation="silu", residual=res)
+        _check_layout(y, x)
+        expected = oracle_conv3d_bn_act(x, w, s, b, (1,) * 3, (1,) * 3, (1,) * 3, 1, "silu", res)
+        torch.testing.assert_close(y.double(), expected, atol=_TOL[dtype][0], rtol=_TOL[dtype][1])
+
+
+def test_conv2plus1d_is_two_conv3d_bn_act_on_cpu():
+    case = PLUS1D_CASES[1]
+    x, w1, s1, b1, w2, s2, b2, stride, padding, tf, residual, _ = _plus1d_case(
+        case, torch.bfloat16, "ncdhw", True
+    )
+    with backends.use("cpu"):
+        h = conv3d_bn_act(x, w1, s1, b1, (1, 2, 2), (0, 1, 1), activation="relu")
+        chained = conv3d_bn_act(h, w2, s2, b2, (2, 1, 1), (1, 0, 0), activation="relu",
+                                residual=residual)
+        fused = conv2plus1d_bn_act(x, w1, s1, b1, w2, s2, b2, stride, padding, "relu", tf, residual)
+    torch.testing.assert_close(fused, chained, atol=0, rtol=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# the packed-weight cache
+
+
+def _args(dtype=torch.float32, c_out=6):
+    x = torch.randn(2, 4, 5, 7, 7).to(dtype).contiguous(memory_format=torch.channels_last_3d)
+    w = (torch.randn(c_out, 4, 3, 3, 3) / 10).to(dtype)
+    s, b = (torch.rand(c_out) + 0.5).to(dtype), torch.randn(c_out).to(dtype)
+    return x, w, s, b
+
+
+def _run(x, w, s, b, **kw):
+    with backends.use("cpu"):
+        return conv3d_bn_act(x, w, s, b, padding=1, **kw)
+
+
+def _oracle(x, w, s, b, act="relu"):
+    return oracle_conv3d_bn_act(x, w, s, b, (1, 1, 1), (1, 1, 1), (1, 1, 1), 1, act, None)
+
+
+def _assert_oracle(y, x, w, s, b):
+    atol, rtol = _TOL[y.dtype]
+    torch.testing.assert_close(y.double(), _oracle(x, w, s, b), atol=atol, rtol=rtol)
+
+
+def test_cache_hit_gives_the_same_result():
+    x, w, s, b = _args()
+    cache = cpu_backend.pack_cache
+    y1 = _run(x, w, s, b)
+    hits = cache.hits
+    y2 = _run(x, w, s, b)
+    assert cache.hits == hits + 1
+    torch.testing.assert_close(y1, y2, atol=0, rtol=0)
+    _assert_oracle(y2, x, w, s, b)
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES, ids=_ids)
+def test_cache_sees_in_place_changes(dtype):
+    x, w, s, b = _args(dtype)
+    y1 = _run(x, w, s, b)
+    with torch.no_grad():
+        w.mul_(-1.5)  # bumps w._version
+    y2 = _run(x, w, s, b)
+    _assert_oracle(y2, x, w, s, b)
+    assert not torch.equal(y1, y2)
+    w.copy_(torch.randn_like(w) / 10)
+    _assert_oracle(_run(x, w, s, b), x, w, s, b)
+    # scale/shift are compared by value: in-place changes and fresh tensors are both seen
+    s.mul_(2)
+    _assert_oracle(_run(x, w, s, b), x, w, s, b)
+    b2 = b + 1
+    _assert_oracle(_run(x, w, s, b2), x, w, s, b2)
+    # a different input size or layout: packed again for it
+    x3 = torch.randn(1, 4, 3, 9, 5).to(dtype)
+    _assert_oracle(_run(x3, w, s, b), x3, w, s, b)
+    _assert_oracle(_run(x, w, s, b), x, w, s, b)
+
+
+def test_distinct_weights_do_not_collide():
+    x, w1, s, b = _args()
+    w2 = w1.clone() * -1
+    w3 = w1.clone()[:, :, :, :, [2, 1, 0]]  # same shape, another storage
+    outs = [_run(x, w, s, b) for w in (w1, w2, w3, w1, w2, w3)]
+    for y, w in zip(outs, (w1, w2, w3) * 2):
+        _assert_oracle(y, x, w, s, b)
+    assert not torch.equal(outs[0], outs[1])
+
+
+def test_cache_entries_die_with_the_weight():
+    cache = cpu_backend.pack_cache
+    gc.collect()
+    before = len(cache)
+    x, w, s, b = _args()
+    _run(x, w, s, b)
+    assert len(cache) == before + 1
+    _run(x, w, s, b)
+    assert len(cache) == before + 1  # one entry per weight
+    del w
+    gc.collect()
+    assert len(cache) == before
+
+
+def test_training_loop_with_parameters():
+    """Parameters through autograd + optimizer steps: every forward uses the current weight."""
+    x, w, s, b = _args()
+    w = torch.nn.Parameter(w)
+    opt = torch.optim.SGD([w], lr=0.5)
+    for _ in range(3):
+        y = _run(x, w, s, b)
+        _assert_oracle(y.detach(), x, w.detach(), s, b)
+        opt.zero_grad()
+        y.square().mean().backward()
+        opt.step()
+    _assert_oracle(_run(x, w, s, b).detach(), x, w.detach(), s, b)
+
+
+def test_inference_mode_tensors_are_not_cached():
+    with torch.inference_mode():
+        x, w, s, b = _args()
+        cache = cpu_backend.pack_cache
+        n = len(cache)
+        y = _run(x, w, s, b)
+        w.mul_(2)
+        y2 = _run(x, w, s, b)
+        assert len(cache) == n
+    _assert_oracle(y2, x, w, s, b)
+    assert not torch.equal(y, y2)
+
+
+# ----------------------------------------------------------------------------------------------
+# refusals and selection
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64], ids=_ids)
+def test_forced_cpu_refuses_other_dtypes(dtype):
+    x, w, s, b = _args(dtype)
+    with backends.use("cpu"), pytest.raises(NotSupportedError) as info:
+        _run(x, w, s, b)
+    message = str(info.value)
+    assert "videoconv backend 'cpu' (forced by use()) cannot run conv3d_bn_act" in message
+    assert f"dtype {_ids(dtype)} is not supported (supports bfloat16, float32)" in message
+
+
+def test_automatic_selection():
+    assert backends.names()[:1] == ["cpu"] and backends.names()[-1] == "reference"
+    assert backends.available()["cpu"] == []
+    for dtype, expected in [(torch.float32, CpuBackend), (torch.bfloat16, CpuBackend),
+                            (torch.float64, ReferenceBackend), (torch.float16, ReferenceBackend)]:
+        x, w, s, b = _args(dtype)
+        for op in backends.OPS:
+            got = backends.select_backend(op, input=x, weight=w, groups=1, activation="silu",
+                                          residual=None)
+            assert got is expected, (op, dtype, got)
+    reasons = CpuBackend.not_supported_reasons("conv3d_bn_act", input=torch.randn(1, 2, 3, 4, 5))
+    assert reasons == []

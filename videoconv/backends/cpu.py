@@ -1,0 +1,204 @@
+"""The ``cpu`` backend: oneDNN's fused pointwise convolution with a prepacked, BN-folded weight.
+
+``conv3d_bn_act`` runs as one ``torch.ops.mkldnn._convolution_pointwise`` call: the per-channel
+``scale`` is folded into the weight (in float64, rounded once to the input dtype), ``shift``
+becomes the convolution bias, and the activation is a oneDNN post-op ("relu", "swish", "none").
+A residual uses the binary "add" post-op (``_convolution_pointwise.binary``), after which oneDNN
+accepts only relu or no activation; residual + silu therefore runs the conv + bias + residual in
+oneDNN and the silu in ATen (float32 for bfloat16, rounded once).
+
+The folded weight is reordered into oneDNN's blocked layout once and cached (see
+:class:`_PackCache`): repacking on every call would cost about as much as the gain.
+
+float32 and bfloat16 only (float16 convolutions fail on CPUs without AVX512-FP16/AMX-FP16; float64
+is the reference backend's job). The output has the input's memory format, as in every backend.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from . import Backend, output_memory_format
+
+__all__ = ["CpuBackend", "pack_cache"]
+
+_ONEDNN_ACT = {"relu": "relu", "silu": "swish", "identity": "none"}
+
+
+def _mkldnn_ops_reason() -> Optional[str]:
+    try:
+        mk = torch.ops.mkldnn
+        mk._convolution_pointwise.default
+        mk._convolution_pointwise.binary
+        mk._reorder_convolution_weight.default
+    except (AttributeError, RuntimeError):
+        return ("torch.ops.mkldnn._convolution_pointwise / _reorder_convolution_weight are not "
+                "available in this torch build")
+    return None
+
+
+class _Entry:
+    __slots__ = ("key", "version", "scale", "shift", "packed", "bias")
+
+    def __init__(self, key, version, scale, shift, packed, bias):
+        self.key, self.version = key, version
+        self.scale, self.shift = scale, shift
+        self.packed, self.bias = packed, bias
+
+
+class _PackCache:
+    """Packed (folded, oneDNN-reordered) weights and folded biases, per weight tensor.
+
+    Keyed on the *identity* of the weight tensor (``id`` plus a weak reference, so an entry dies
+    with its weight and a recycled ``id`` never matches), and validated on every lookup against
+
+    * the weight's ``_version`` (bumped by any in-place change: optimizer step, ``copy_``, ...),
+    * the dtype, device, shape of the weight, the conv parameters and the input size/layout,
+    * the *values* of ``scale`` and ``shift`` (kept as copies; ``C_out`` elements, so comparing
+      them is cheap and works even when they are recomputed as fresh tensors on every call).
+
+    Any mismatch re-folds and re-packs, replacing the entry (one entry per weight tensor).
+    Weights that are inference tensors (no version counter) are never cached.
+    """
+
+    def __init__(self):
+        self._entries: Dict[int, Tuple[weakref.ref, _Entry]] = {}
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def _drop(self, wid: int, ref: weakref.ref) -> None:
+        with self._lock:
+            current = self._entries.get(wid)
+            if current is not None and current[0] is ref:
+                del self._entries[wid]
+
+    def get(self, weight, scale, shift, key) -> Tuple[torch.Tensor, torch.Tensor]:
+        try:
+            version = weight._version
+        except RuntimeError:  # inference tensor: no version counter, so no safe caching
+            self.misses += 1
+            return _pack(weight, scale, shift, key)
+        wid = id(weight)
+        with self._lock:
+            found = self._entries.get(wid)
+        if found is not None:
+            ref, entry = found
+            if (ref() is weight and entry.version == version and entry.key == key
+                    and torch.equal(entry.scale, scale) and torch.equal(entry.shift, shift)):
+                self.hits += 1
+                return entry.packed, entry.bias
+        self.misses += 1
+        packed, bias = _pack(weight, scale, shift, key)
+        entry = _Entry(key, version, scale.detach().clone(), shift.detach().clone(), packed, bias)
+        ref = weakref.ref(weight, lambda r, wid=wid: self._drop(wid, r))
+        with self._lock:
+            self._entries[wid] = (ref, entry)
+        return packed, bias
+
+
+#: The process-wide cache of packed weights (``len(pack_cache)``, ``pack_cache.clear()``).
+pack_cache = _PackCache()
+
+
+def _pack(weight, scale, shift, key):
+    _, stride, padding, dilation, groups, input_size = key
+    dtype = weight.dtype
+    with torch.no_grad():
+        w = weight.detach().double() * scale.detach().double().view(-1, 1, 1, 1, 1)
+        w = w.to(dtype).contiguous(memory_format=torch.channels_last_3d)
+        bias = shift.detach().to(dtype).contiguous()
+        packed = torch.ops.mkldnn._reorder_convolution_weight(
+            w, list(padding), list(stride), list(dilation), groups, list(input_size))
+    return packed, bias
+
+
+def _conv(x, weight, scale, shift, stride, padding, dilation, groups, activation, residual,
+          out_format=None):
+    """``act(conv(x, w) * scale + shift [+ residual])`` via oneDNN; output in ``out_format``
+    (default: ``x``'s layout, :func:`output_memory_format`)."""
+    fmt = output_memory_format(x)
+    x = x.contiguous(memory_format=fmt)
+    stride, padding, dilation = list(stride), list(padding), list(dilation)
+    key = ((weight.dtype, weight.device, fmt, tuple(weight.shape)), tuple(stride), tuple(padding),
+           tuple(dilation), groups, tuple(x.shape))
+    packed, bias = pack_cache.get(weight, scale, shift, key)
+    mk = torch.ops.mkldnn
+    if residual is None:
+        y = mk._convolution_pointwise(x, packed, bias, padding, stride, dilation, groups,
+                                      _ONEDNN_ACT[activation], [], "")
+    else:
+        # For grouped bfloat16 convolutions torch computes the binary post-op with ATen's
+        # add_relu, which has no bfloat16 kernel: add in oneDNN, relu after (relu commutes with
+        # the rounding to bfloat16, so the result is the same).
+        relu_after = activation == "relu" and groups != 1 and x.dtype == torch.bfloat16
+        unary = "relu" if activation == "relu" and not relu_after else None
+        y = mk._convolution_pointwise.binary(x, residual, packed, bias, padding, stride, dilation,
+                                             groups, "add", None, unary, [], "")
+        if relu_after:
+            y = y.relu_()
+        elif activation == "silu":
+            if y.dtype == torch.float32:
+                y = F.silu(y, inplace=True)
+            else:
+                y = F.silu(y.float()).to(y.dtype)
+    if out_format is None:
+        return y.contiguous(memory_format=fmt)
+    return y if out_format is False else y.contiguous(memory_format=out_format)
+
+
+class CpuBackend(Backend):
+    name = "cpu"
+    devices = frozenset({"cpu"})
+    description = ("oneDNN fused pointwise conv (torch.ops.mkldnn._convolution_pointwise) with a "
+                   "prepacked BN-folded weight; float32/bfloat16")
+    dtypes = frozenset({torch.float32, torch.bfloat16})
+
+    @classmethod
+    def environment_reasons(cls) -> List[str]:
+        reasons = []
+        if not torch.backends.mkldnn.is_available():
+            reasons.append("oneDNN (mkldnn) is not available in this torch build")
+        missing = _mkldnn_ops_reason()
+        if missing:
+            reasons.append(missing)
+        return reasons
+
+    @classmethod
+    def not_supported_reasons(cls, op_name: str, **inputs: Any) -> List[str]:
+        reasons = super().not_supported_reasons(op_name, **inputs)
+        x = inputs.get("input")
+        if isinstance(x, torch.Tensor) and x.dim() != 5:
+            reasons.append(f"input must be 5-D (got {x.dim()}-D)")
+        return reasons
+
+    @classmethod
+    def conv3d_bn_act(cls, *, input, weight, scale, shift, stride, padding, dilation, groups,
+                      activation, residual):
+        return _conv(input, weight, scale, shift, stride, padding, dilation, groups, activation,
+                     residual)
+
+    @classmethod
+    def conv2plus1d_bn_act(cls, *, input, w1, scale1, shift1, w2, scale2, shift2, stride, padding,
+                           activation, temporal_first, residual):
+        from .reference import split_2plus1d
+
+        s1, p1, s2, p2 = split_2plus1d(stride, padding, temporal_first)
+        ones = (1, 1, 1)
+        # The intermediate is rounded to the input dtype, as the eager chain stores it; it stays
+        # in the layout oneDNN produced (channels_last_3d), only the output is in the input's.
+        h = _conv(input, w1, scale1, shift1, s1, p1, ones, 1, activation, None, out_format=False)
+        return _conv(h, w2, scale2, shift2, s2, p2, ones, 1, activation, residual,
+                     out_format=output_memory_format(input))
