@@ -39,8 +39,8 @@ def zoo_table() -> str:
 
 def bench_tables() -> str:
     parts = []
-    for device in ("cpu", "cuda"):
-        path = os.path.join(ROOT, "benchmarks", "results", f"zoo_{device}.md")
+    for stem in ("zoo_cpu", "providers_cpu", "zoo_cuda", "providers_cuda"):
+        path = os.path.join(ROOT, "benchmarks", "results", f"{stem}.md")
         if os.path.exists(path):
             with open(path) as f:
                 parts.append(f.read().strip())
