@@ -10,7 +10,11 @@ a chain is::
 
 with every intermediate value used once. Two chains ``conv(1,k,k)->bn->act`` and
 ``conv(k,1,1)->bn->[+res]->act`` (or temporal first) with the same activation form a (2+1)D unit.
-A chain needs a BatchNorm or an activation; a conv with neither is left alone.
+A Conv3d with neither BatchNorm nor activation after it (X3D's stem ``conv_t``, a 1x1x1
+projection) still runs through the fused op, as kind ``conv`` (scale 1, shift = its bias,
+identity): eager PyTorch returns NCDHW from some of these even for channels_last_3d inputs
+(3-channel stems, depthwise convs on CPU), which silently turns the rest of the network
+NCDHW; the fused op keeps the input's layout.
 
 How they are replaced
 ---------------------
@@ -65,7 +69,7 @@ class FusedChain:
     """One fused chain: where the fused module is, its kind, and the original module paths."""
 
     path: str
-    kind: str  # "conv-bn-act", "conv-bn-add-act", "conv-act", "(2+1)d", "(2+1)d-add"
+    kind: str  # "conv-bn-act", "conv-bn-add-act", "conv-act", "conv", "(2+1)d", "(2+1)d-add"
     modules: Tuple[str, ...]
     activation: str
     note: str = ""
@@ -333,9 +337,7 @@ class _Fuser:
                 else:
                     chain.functional = True
             elif bn_path is None:
-                if chain.residual is None:
-                    why(path, "no BatchNorm3d or activation after it")
-                    continue
+                chain.note = _LONE_CONV_NOTE
             elif nxt is None and len(last.users) > 1:
                 chain.note = ("BN output used more than once (e.g. by Squeeze-and-Excitation "
                               "before the activation): fused with identity activation")
@@ -344,7 +346,7 @@ class _Fuser:
                 chain.note = (f"BN followed by {type(modules[nxt.target]).__name__} before the "
                               "activation: fused with identity activation")
             if bn_path is None:
-                chain.kind = "conv-act"
+                chain.kind = "conv-act" if chain.activation != "identity" else "conv"
             else:
                 chain.kind = "conv-bn-add-act" if chain.residual is not None else "conv-bn-act"
             chains.append(chain)
@@ -570,10 +572,6 @@ class _Fuser:
                     j += 1
                 else:
                     act = "identity"
-            if bn is None and act_name is None:
-                self.reasons.setdefault(_join(prefix, names[i]), "no BatchNorm3d or activation after it")
-                i += 1
-                continue
             try:
                 check_conv3d_for_fusion(conv)
                 if bn is not None and (seq._modules[bn].num_features != conv.out_channels
@@ -583,11 +581,16 @@ class _Fuser:
                 self.reasons.setdefault(_join(prefix, names[i]), str(exc))
                 i = j
                 continue
-            kind = "conv-act" if bn is None else "conv-bn-act"
+            kind = "conv-bn-act" if bn is not None else "conv-act" if act_name else "conv"
             chain = _Chain(nodes=[], input=None, convs=[names[i]], bns=[bn], acts=[act_name],
-                           activation=act, kind=kind)
+                           activation=act, kind=kind,
+                           note=_LONE_CONV_NOTE if kind == "conv" else "")
             self._place(seq, chain, prefix, with_identities=True)
             i = j
+
+
+_LONE_CONV_NOTE = ("no BatchNorm3d or activation after it: run through the fused op as a plain "
+                   "conv (keeps the input's memory format)")
 
 
 # ----------------------------------------------------------------------------------------------

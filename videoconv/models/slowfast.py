@@ -43,6 +43,10 @@ import torch
 import torch.nn as nn
 
 from ._checks import check_video_input
+
+# A leaf for torch.fx: videoconv.fuse() traces the model, and the check (which needs real
+# tensors) is kept in the traced graph as a call instead of failing on a Proxy.
+torch.fx.wrap("check_video_input")
 from ._registry import register_model
 from .blocks import init_weights_torchvision_style
 
