@@ -241,3 +241,16 @@ def test_automatic_selection():
             assert got is expected, (op, dtype, got)
     reasons = CpuBackend.not_supported_reasons("conv3d_bn_act", input=torch.randn(1, 2, 3, 4, 5))
     assert reasons == []
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_strided_view_input_keeps_its_layout(backend):
+    clip = torch.randn(1, 4, 8, 6, 6).contiguous(memory_format=torch.channels_last_3d)
+    x = clip[:, :, ::2]  # neither contiguous nor channels_last_3d-dense
+    w, scale, shift = torch.randn(5, 4, 3, 3, 3), torch.rand(5) + 0.5, torch.randn(5)
+    with backends.use(backend):
+        y = conv3d_bn_act(x, w, scale, shift, padding=1)
+    assert y.is_contiguous(memory_format=torch.channels_last_3d)
+    expected = torch.relu(torch.nn.functional.conv3d(x.double(), w.double(), padding=1)
+                          * scale.double().view(1, -1, 1, 1, 1) + shift.double().view(1, -1, 1, 1, 1))
+    torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)

@@ -279,3 +279,9 @@ def test_output_memory_format_rule():
     assert backends.output_memory_format(x.transpose(3, 4)) == torch.contiguous_format  # arbitrary strides
     y = backends.empty_output(x.contiguous(memory_format=torch.channels_last_3d), (2, 8, 4, 5, 6))
     assert y.is_contiguous(memory_format=torch.channels_last_3d) and y.dtype == x.dtype
+    # non-dense views take the layout their strides are ordered like (ATen's suggest_memory_format)
+    cl = torch.randn(2, 3, 8, 5, 6).contiguous(memory_format=torch.channels_last_3d)
+    assert backends.output_memory_format(cl[:, :, ::4]) == torch.channels_last_3d  # SlowFast's slow path
+    assert backends.output_memory_format(cl[:, :2]) == torch.channels_last_3d
+    assert backends.output_memory_format(torch.randn(2, 3, 8, 5, 6)[:, :, ::4]) == torch.contiguous_format
+    assert backends.output_memory_format(cl[:, :1]) == torch.contiguous_format  # one channel

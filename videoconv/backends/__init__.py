@@ -52,13 +52,28 @@ def output_memory_format(input: torch.Tensor) -> torch.memory_format:
     backend and of the fake (meta) kernels.
 
     ``channels_last_3d`` when ``input`` is in channels_last_3d (and not also plain contiguous,
-    as happens when C == 1 or D*H*W == 1), else ``contiguous_format``.
+    as happens when C == 1 or D*H*W == 1), else ``contiguous_format``. A non-dense view (a
+    slice such as SlowFast's ``clip[:, :, ::alpha]``) counts as the layout its strides are
+    ordered like (``Tensor.suggest_memory_format``, as ATen's ``suggest_memory_format`` decides): a frame
+    subsample of a channels_last_3d clip gives a channels_last_3d output, not an NCDHW one
+    that would turn the rest of the network NCDHW.
     """
     if input.is_contiguous():
         return torch.contiguous_format
     if input.is_contiguous(memory_format=torch.channels_last_3d):
         return torch.channels_last_3d
+    if _strides_ordered_channels_last_3d(input):
+        return torch.channels_last_3d
     return torch.contiguous_format
+
+
+def _strides_ordered_channels_last_3d(t: torch.Tensor) -> bool:
+    # ATen's suggest_memory_format (not exposed in Python) for 5-D: among the dims of size > 1,
+    # strides grow in the order C, W, H, D, N, with C (more than one channel) the innermost.
+    if t.dim() != 5 or t.size(1) <= 1:
+        return False
+    strides = [t.stride(d) for d in (1, 4, 3, 2, 0) if t.size(d) > 1]
+    return strides == sorted(strides) and strides.count(strides[0]) == 1
 
 
 def empty_output(input: torch.Tensor, size) -> torch.Tensor:
