@@ -90,7 +90,7 @@ def _flops(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     import torch
 
-    from videoconv.bench import zoo
+    from videoconv.bench import layers, zoo
 
     device = torch.device(args.device) if args.device else None
     model_names = args.models.split(",") if args.models else None
@@ -99,27 +99,38 @@ def _bench(args: argparse.Namespace) -> int:
     def progress(message: str) -> None:
         print(f"  timing {message} ...", file=sys.stderr, flush=True)
 
-    result = zoo.run_zoo_benchmark(
-        models=model_names,
-        dtypes=dtypes,
-        batch=args.batch,
-        device=device,
-        smoke=args.smoke,
-        min_run_time=args.min_run_time,
-        progress=progress,
-        providers=args.providers.split(","),
-    )
-    print(zoo.rows_to_markdown(result))
+    if args.layers:
+        names = (layers.DEFAULT_LAYER_MODELS if args.layers == "default"
+                 else tuple(args.layers.split(",")))
+        result = layers.run_layer_benchmark(
+            models=names, dtypes=dtypes, batch=args.batch, device=device, smoke=args.smoke,
+            min_run_time=min(args.min_run_time, 0.5), progress=progress,
+            providers=(args.providers or ",".join(layers.LAYER_PROVIDERS)).split(","),
+        )
+        to_markdown, kind = layers.layer_rows_to_markdown, "layers"
+    else:
+        result = zoo.run_zoo_benchmark(
+            models=model_names,
+            dtypes=dtypes,
+            batch=args.batch,
+            device=device,
+            smoke=args.smoke,
+            min_run_time=args.min_run_time,
+            progress=progress,
+            providers=(args.providers or "eager,videoconv").split(","),
+        )
+        to_markdown, kind = zoo.rows_to_markdown, "zoo"
+    print(to_markdown(result))
     json_path, markdown_path = args.json, args.markdown
     if args.output_dir:
         # One file per device type, overwritten by each full run: the latest result is the one
         # the README shows; git keeps the history.
-        stem = os.path.join(args.output_dir, f"zoo_{result['environment']['device_type']}")
+        stem = os.path.join(args.output_dir, f"{kind}_{result['environment']['device_type']}")
         json_path, markdown_path = json_path or stem + ".json", markdown_path or stem + ".md"
     for path in (json_path, markdown_path):
         if path and os.path.dirname(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
-    zoo.save(result, json_path, markdown_path)
+    zoo.save(result, json_path, markdown_path, to_markdown)
     if json_path:
         print(f"wrote {json_path}" + (f" and {markdown_path}" if markdown_path else ""))
     return 0
@@ -142,8 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32,bfloat16", help="comma-separated dtypes")
     p.add_argument(
         "--providers",
-        default="eager,videoconv",
-        help="comma-separated, from eager, videoconv, compile (inductor, freezing), openvino",
+        help="comma-separated; models: eager, videoconv, compile (inductor, freezing), openvino "
+        "(default eager,videoconv); layers: eager, conv-only, videoconv, compile (default all)",
+    )
+    p.add_argument(
+        "--layers",
+        metavar="MODELS",
+        help="time every distinct fused layer of these models (comma-separated, or 'default' "
+        "for r3d_18,r2plus1d_18,x3d_s) instead of whole models",
     )
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--device", help="cpu or cuda (default: cuda if present)")
@@ -151,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-run-time", type=float, default=1.0, help="seconds per measurement")
     p.add_argument("--json", help="write the rows as JSON here")
     p.add_argument("--markdown", help="write a Markdown table here")
-    p.add_argument("--output-dir", help="write zoo_<device>.json and .md here")
+    p.add_argument("--output-dir", help="write zoo_<device> (or layers_<device>) .json and .md here")
     p.set_defaults(func=_bench)
     return parser
 

@@ -218,11 +218,12 @@ def rows_to_markdown(result: Dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save(result: Dict[str, object], json_path: Optional[str], markdown_path: Optional[str]) -> None:
+def save(result: Dict[str, object], json_path: Optional[str], markdown_path: Optional[str],
+         to_markdown=None) -> None:
     if json_path:
         with open(json_path, "w") as f:
             json.dump(result, f, indent=2)
             f.write("\n")
     if markdown_path:
         with open(markdown_path, "w") as f:
-            f.write(rows_to_markdown(result))
+            f.write((to_markdown or rows_to_markdown)(result))
