@@ -5,8 +5,15 @@ Marks: ``cuda`` tests skip without a GPU; ``triton`` tests run under TRITON_INTE
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Without a GPU the Triton kernels run on CPU tensors through Triton's interpreter. triton.jit
+# reads this when a kernel is defined, so it must be set before any test imports a kernel.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):

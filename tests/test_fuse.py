@@ -14,7 +14,8 @@ from videoconv.fuse import state_dict_key_map
 from videoconv.models.blocks import Conv3DBlock, Residual3DBlock
 from videoconv.nn import FusedModuleBase
 
-from reference_impls import assert_close_rel, import_torchvision, randomise_batch_norm
+from reference_impls import (assert_close_rel, import_pytorchvideo, import_torchvision,
+                             randomise_batch_norm)
 
 
 def _standalone_bns(model):
@@ -94,6 +95,86 @@ def test_fuse_torchvision(name):
         assert kinds == {"(2+1)d": 9, "(2+1)d-add": 8, "conv-bn-act": 3}
     else:
         assert kinds == {"conv-bn-act": 12, "conv-bn-add-act": 8}
+
+
+def _torchvision_bottleneck(conv_maker):
+    import_torchvision()
+    from torchvision.models.video import resnet as tv
+
+    stem = tv.R2Plus1dStem if conv_maker is tv.Conv2Plus1D else tv.BasicStem
+    return tv.VideoResNet(tv.Bottleneck, [conv_maker] * 4, [1, 2, 1, 1], stem, num_classes=10)
+
+
+@pytest.mark.parametrize("conv", ["Conv3DSimple", "Conv3DNoTemporal", "Conv2Plus1D"])
+def test_fuse_torchvision_bottleneck(conv):
+    import_torchvision()
+    from torchvision.models.video import resnet as tv
+
+    model = randomise_batch_norm(_torchvision_bottleneck(getattr(tv, conv)), seed=3)
+    fused, report = _check_fused_model(model, torch.randn(1, 3, 4, 32, 32))
+    assert not report.left
+    kinds = report.counts()
+    assert kinds["conv-bn-add-act"] == 5  # one per Bottleneck: conv3 + BN + shortcut + ReLU
+    if conv == "Conv2Plus1D":
+        assert kinds["(2+1)d"] == 5 + 1  # each Bottleneck's middle conv, and the stem
+
+
+def test_fuse_torchvision_s3d():
+    import_torchvision()
+    from torchvision.models.video import s3d
+
+    model = randomise_batch_norm(s3d(num_classes=10), seed=4)
+    model.avgpool = nn.AdaptiveAvgPool3d(1)  # its fixed (2, 7, 7) pool needs 224x224 clips
+    fused, report = _check_fused_model(model, torch.randn(1, 3, 8, 64, 64))
+    assert not report.left
+    # every TemporalSeparableConv is a (2+1)D unit; the classifier conv runs as a plain conv
+    separable = sum(1 for m in model.modules() if type(m).__name__ == "TemporalSeparableConv")
+    assert report.counts()["(2+1)d"] == separable > 0
+
+
+class _Pathways(nn.Module):
+    """pytorchvideo's SlowFast takes [slow, fast] and overwrites that list in place (its
+    MultiPathWayWithFuse defaults to inplace=True), so each call needs a fresh one."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, clip):
+        return self.net([clip[:, :, ::4], clip])
+
+
+def _pytorchvideo_models():
+    import_pytorchvideo()
+    from pytorchvideo.models.csn import create_csn
+    from pytorchvideo.models.r2plus1d import create_r2plus1d
+    from pytorchvideo.models.resnet import create_resnet
+    from pytorchvideo.models.slowfast import create_slowfast
+    from pytorchvideo.models.x3d import create_x3d
+
+    clip = torch.randn(1, 3, 8, 64, 64)
+    return {
+        "x3d": (lambda: create_x3d(input_clip_length=4, input_crop_size=64, model_num_class=10,
+                                   head_activation=None), clip[:, :, :4]),
+        "slowfast": (lambda: _Pathways(create_slowfast(
+            model_num_class=10, head_activation=None,
+            head_pool_kernel_sizes=((2, 2, 2), (8, 2, 2)))), clip),
+        "csn": (lambda: create_csn(model_num_class=10, head_pool_kernel_size=(1, 2, 2)), clip),
+        "resnet": (lambda: create_resnet(model_num_class=10, head_pool_kernel_size=(4, 2, 2)), clip),
+        "r2plus1d": (lambda: create_r2plus1d(model_num_class=10, head_pool_kernel_size=(1, 2, 2)),
+                     clip),
+    }
+
+
+@pytest.mark.parametrize("name", ["x3d", "slowfast", "csn", "resnet", "r2plus1d"])
+def test_fuse_pytorchvideo(name):
+    # pytorchvideo's own classes: blocks whose conv/norm/act are attributes (not Sequentials),
+    # depthwise convs and Squeeze-and-Excitation (X3D), lateral connections (SlowFast)
+    ctor, x = _pytorchvideo_models()[name]
+    model = randomise_batch_norm(ctor(), seed=5)
+    fused, report = _check_fused_model(model, x)
+    assert not report.left
+    assert report.counts().get("conv-bn-add-act", 0) > 0
 
 
 @pytest.mark.parametrize("name", ["r3d_18", "x3d_s"])

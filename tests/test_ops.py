@@ -522,6 +522,17 @@ def test_conv3d_bn_act_rejects(name, change, exc, match):
         conv3d_bn_act(**kwargs)
 
 
+def test_integer_like_conv_parameters_are_accepted():
+    # numpy integers (pytorchvideo builds conv strides from numpy arrays; nn.Conv3d takes them)
+    np = pytest.importorskip("numpy")
+    b = _conv_base()
+    got = conv3d_bn_act(**dict(b, stride=(np.int64(1), np.int64(2), np.int64(2)), padding=np.int32(1)))
+    expected = conv3d_bn_act(**dict(b, stride=(1, 2, 2), padding=1))
+    assert torch.equal(got, expected)
+    with pytest.raises(ValueError, match="stride must be an int or a sequence of 3 ints"):
+        conv3d_bn_act(**dict(b, stride=(1.0, 2, 2)))
+
+
 def test_raw_op_validates_too():
     b = _conv_base()
     args = [b["input"], b["weight"], b["scale"], b["shift"]]

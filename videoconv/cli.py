@@ -136,6 +136,12 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from videoconv import check
+
+    return check.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videoconv", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -170,6 +176,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", help="write a Markdown table here")
     p.add_argument("--output-dir", help="write zoo_<device> (or layers_<device>) .json and .md here")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser(
+        "check",
+        help="numerical equivalence of every backend that can run here against float64; "
+        "--compile: build every kernel for the target GPUs",
+    )
+    p.add_argument("--backend", help="comma-separated backend names (default: all that can run)")
+    p.add_argument("--quick", action="store_true", help="a few representative cases only")
+    p.add_argument("--compile", action="store_true",
+                   help="compile every Triton kernel (at its autotune configs) and CUDA source "
+                   "ahead of time; report registers, shared memory, spills; fail on a spill")
+    p.add_argument("--arch", default="sm_80,sm_90", help="targets for --compile")
+    p.add_argument("--kernel", help="with --compile: only kernels whose name contains this")
+    p.add_argument("-v", "--verbose", action="store_true", help="print each case as it runs")
+    p.set_defaults(func=_check)
     return parser
 
 

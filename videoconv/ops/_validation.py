@@ -11,6 +11,7 @@ problems at trace time. The checks only compare sizes (which may be symbolic the
 
 from __future__ import annotations
 
+import operator
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -56,6 +57,7 @@ def as_triple(value, name: str, op: str = "videoconv") -> Tuple[int, int, int]:
     """An int or a sequence of 3 ints as a tuple of 3 ints (values are checked later)."""
     if isinstance(value, bool):
         raise TypeError(f"{op}: {name} must be an int or a sequence of 3 ints, got {value!r}")
+    value = _as_int(value)
     if isinstance(value, int):
         return (value, value, value)
     if isinstance(value, str):
@@ -69,9 +71,21 @@ def as_triple(value, name: str, op: str = "videoconv") -> Tuple[int, int, int]:
         raise TypeError(
             f"{op}: {name} must be an int or a sequence of 3 ints, got {type(value).__name__}"
         ) from None
+    items = tuple(_as_int(v) for v in items)
     if len(items) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
         raise ValueError(f"{op}: {name} must be an int or a sequence of 3 ints, got {value!r}")
     return items  # type: ignore[return-value]
+
+
+def _as_int(value):
+    # Integer-likes (numpy integers: pytorchvideo builds its convs' strides from numpy arrays,
+    # and nn.Conv3d accepts them) become ints; anything else is returned for the caller to judge.
+    if isinstance(value, (int, bool, float, str)) or not hasattr(value, "__index__"):
+        return value
+    try:
+        return operator.index(value)
+    except TypeError:
+        return value
 
 
 def _check_triple(op: str, name: str, value: Sequence[int], minimum: int) -> Tuple[int, int, int]:
