@@ -60,6 +60,13 @@ TORCH_LIBRARY(videoconv, m) {
       "conv2plus1d_bn_act(Tensor input, Tensor w1, Tensor scale1, Tensor shift1, Tensor w2, "
       "Tensor scale2, Tensor shift2, int[3] stride, int[3] padding, str activation, "
       "bool temporal_first, Tensor? residual) -> Tensor");
+  // Gradients of the convolution inside conv3d_bn_act (with respect to its input and weight,
+  // given the gradient of the convolution's output). Its own op so that a backend with a faster
+  // backward (the Triton depthwise kernels) is used in training and under torch.compile; other
+  // backends use ATen's convolution_backward. Gradients not asked for are empty tensors.
+  m.def(
+      "_conv3d_input_weight_grad(Tensor grad_z, Tensor input, Tensor weight, int[3] stride, "
+      "int[3] padding, int[3] dilation, int groups, bool[2] output_mask) -> (Tensor, Tensor)");
   m.def("_build_info() -> str", &build_info);
 }
 

@@ -212,6 +212,17 @@ def test_fused_x3d_keeps_channels_last_and_input_checks():
         videoconv.fuse(models.get_model("c2d_r18"))(torch.randn(1, 4, 4, 32, 32))
 
 
+def test_fuse_a_block_whose_chains_feed_each_other():
+    # X3D's bottleneck alone: the conv_a chain feeds the conv_b chain, whose BN output is used
+    # twice (SE); rewriting one chain must not leave the next pointing at an erased node
+    block = randomise_batch_norm(models.get_model("x3d_s"), seed=7).eval().blocks[1].res_blocks[0]
+    fused = videoconv.fuse(block)
+    x = torch.randn(1, 24, 3, 8, 8)
+    with torch.no_grad():
+        assert_close_rel(fused(x), block(x), 1e-5)
+    assert videoconv.fuse_report(block).counts()["conv-bn-add-act"] == 1
+
+
 def test_report_reasons():
     x3d = models.get_model("x3d_s")
     report = videoconv.fuse_report(x3d)

@@ -503,7 +503,14 @@ class _Fuser:
         for chain in chains:
             where = self._place(module, chain, prefix, with_identities=False)
             out = chain.nodes[-1]
-            args = (chain.input,) if chain.residual is None else (chain.input, chain.residual)
+            # The input and residual as the graph has them *now*: an earlier rewrite may have
+            # replaced the node the chain was found with (a chain feeding this one).
+            members = set(chain.nodes)
+            inp = chain.nodes[0].args[0]
+            args = (inp,)
+            if chain.residual is not None:
+                add = next(n for n in chain.nodes if _is_add(n))
+                args = (inp, next(a for a in add.args if isinstance(a, fx.Node) and a not in members))
             with graph.inserting_before(out):
                 new = graph.call_module(where, args)
             out.replace_all_uses_with(new)

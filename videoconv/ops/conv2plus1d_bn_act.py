@@ -121,11 +121,13 @@ def _setup_context(ctx, inputs, output):
     ctx.conv = (tuple(stride), tuple(padding), canonical_activation(activation),
                 bool(temporal_first))
     ctx.has_residual = residual is not None
+    # a backend forced for the forward (use(), a fused module's backend=) runs the backward too
+    ctx.backend = backends.forced_backend()
     ctx.save_for_backward(input, w1, scale1, shift1, w2, scale2, shift2, residual,
                           output if ctx.conv[2] == "relu" else None)
 
 
-def _backward(ctx, grad):
+def _backward_impl(ctx, grad):
     input, w1, scale1, shift1, w2, scale2, shift2, residual, output = ctx.saved_tensors
     stride, padding, activation, temporal_first = ctx.conv
     n = ctx.needs_input_grad
@@ -146,6 +148,13 @@ def _backward(ctx, grad):
             (n[0], n[1], n[2], n[3], False), output=h, z=z1,
         )
     return gx, gw1, gscale1, gshift1, gw2, gscale2, gshift2, None, None, None, None, gres
+
+
+def _backward(ctx, grad):
+    if ctx.backend is None:
+        return _backward_impl(ctx, grad)
+    with backends.use(ctx.backend):
+        return _backward_impl(ctx, grad)
 
 
 torch.library.register_autograd(_OP, _backward, setup_context=_setup_context)

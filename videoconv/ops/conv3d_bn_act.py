@@ -208,11 +208,61 @@ def conv_bn_act_backward(
     grad_x = grad_w = None
     if need_x or need_w:
         dz = (du * scale_f).to(dtype)
-        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-            dz, input, weight, None, stride, padding, dilation, False, [0, 0, 0], groups,
-            [need_x, need_w, False],
-        )
+        grad_x, grad_w = torch.ops.videoconv._conv3d_input_weight_grad.default(
+            dz, input, weight, stride, padding, dilation, groups, [need_x, need_w])
+        grad_x = grad_x if need_x else None
+        grad_w = grad_w if need_w else None
     return grad_x, grad_w, grad_scale, grad_shift, grad_res
+
+
+# ----------------------------------------------------------------------------------------------
+# the convolution's input/weight gradients: their own op, so a backend can supply them
+
+_GRAD_OP = "videoconv::_conv3d_input_weight_grad"
+
+
+def _grad_backend(input, weight, stride, padding, dilation, groups):
+    """The backend the forward pass would use for these inputs (None if none can)."""
+    try:
+        return backends.select_backend(
+            "conv3d_bn_act", input=input, weight=weight, scale=None, shift=None,
+            stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation), groups=groups,
+            activation="identity", residual=None)
+    except backends.NotSupportedError:
+        return None
+
+
+@torch.library.register_kernel(_GRAD_OP, ("cpu", "cuda"))
+def _conv3d_input_weight_grad_kernel(grad_z, input, weight, stride, padding, dilation, groups,
+                                     output_mask):
+    need_x, need_w = output_mask
+    grads = None
+    backend = _grad_backend(input, weight, stride, padding, dilation, groups)
+    custom = getattr(backend, "conv3d_input_weight_grad", None)
+    if custom is not None:
+        grads = custom(grad_z=grad_z, input=input, weight=weight, stride=tuple(stride),
+                       padding=tuple(padding), dilation=tuple(dilation), groups=groups,
+                       output_mask=(need_x, need_w))
+    if grads is None:  # ATen's (cuDNN / oneDNN) gradient convolutions
+        grads = torch.ops.aten.convolution_backward(
+            grad_z, input, weight, None, list(stride), list(padding), list(dilation), False,
+            [0, 0, 0], groups, [need_x, need_w, False])[:2]
+    grad_x, grad_w = grads
+    # the layouts the fake promises: each gradient in its tensor's layout; empty if not needed
+    grad_x = (grad_x.contiguous(memory_format=backends.output_memory_format(input)) if need_x
+              else input.new_empty(0))
+    grad_w = (grad_w.contiguous(memory_format=backends.output_memory_format(weight)) if need_w
+              else weight.new_empty(0))
+    return grad_x, grad_w
+
+
+@torch.library.register_fake(_GRAD_OP)
+def _conv3d_input_weight_grad_fake(grad_z, input, weight, stride, padding, dilation, groups,
+                                   output_mask):
+    need_x, need_w = output_mask
+    grad_x = backends.empty_output(input, input.shape) if need_x else input.new_empty(0)
+    grad_w = backends.empty_output(weight, weight.shape) if need_w else weight.new_empty(0)
+    return grad_x, grad_w
 
 
 def _setup_context(ctx, inputs, output):
@@ -220,11 +270,13 @@ def _setup_context(ctx, inputs, output):
     ctx.conv = (tuple(stride), tuple(padding), tuple(dilation), groups,
                 canonical_activation(activation))
     ctx.has_residual = residual is not None
+    # a backend forced for the forward (use(), a fused module's backend=) runs the backward too
+    ctx.backend = backends.forced_backend()
     ctx.save_for_backward(input, weight, scale, shift, residual,
                           output if ctx.conv[-1] == "relu" else None)
 
 
-def _backward(ctx, grad):
+def _backward_impl(ctx, grad):
     input, weight, scale, shift, residual, output = ctx.saved_tensors
     stride, padding, dilation, groups, activation = ctx.conv
     n = ctx.needs_input_grad
@@ -233,6 +285,13 @@ def _backward(ctx, grad):
         activation, (n[0], n[1], n[2], n[3], n[9] and ctx.has_residual), output=output,
     )
     return gx, gw, gscale, gshift, None, None, None, None, None, gres
+
+
+def _backward(ctx, grad):
+    if ctx.backend is None:
+        return _backward_impl(ctx, grad)
+    with backends.use(ctx.backend):
+        return _backward_impl(ctx, grad)
 
 
 torch.library.register_autograd(_OP, _backward, setup_context=_setup_context)
