@@ -248,15 +248,23 @@ def run_compile_check(archs: Sequence[str], name_filter: Optional[str] = None):
                              error=rep.error))
     except ImportError as exc:
         rows.append(dict(source="triton", kernel="*", arch=",".join(archs), error=str(exc)))
-    try:
-        from . import cuda_sources
-    except ImportError:
-        cuda_sources = None
-    if cuda_sources is not None:
-        for path in cuda_sources.cuda_sources():
-            for arch in archs:
-                rep = cuda_sources.compile_source(path, arch)
-                rows.extend(cuda_sources.report_rows(rep))
+    from . import cuda_sources
+
+    filters = [f for f in (name_filter or "").split(",") if f]
+    for path in cuda_sources.cuda_sources():
+        if filters and not any(f in os.path.basename(path) for f in filters):
+            continue
+        for arch in archs:
+            rep = cuda_sources.compile_source(path, arch)
+            source = f"cuda {os.path.basename(path)}"
+            if not rep.ok:
+                rows.append(dict(source=source, kernel="*", arch=arch, error=rep.error.strip()[-400:]))
+                continue
+            for k in rep.kernels:
+                rows.append(dict(source=source, kernel=cuda_sources._short_name(k.name), arch=arch,
+                                 registers=k.registers, shared_bytes=k.shared,
+                                 spill_stores=k.spill_stores, spill_loads=k.spill_loads,
+                                 error=None))
     ok = all(not r.get("error") and not r.get("spill_stores") and not r.get("spill_loads")
              for r in rows)
     return rows, ok

@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compile every Triton kernel (at its autotune configs) and CUDA source "
                    "ahead of time; report registers, shared memory, spills; fail on a spill")
     p.add_argument("--arch", default="sm_80,sm_90", help="targets for --compile")
-    p.add_argument("--kernel", help="with --compile: only kernels whose name contains this")
+    p.add_argument("--kernel", help="with --compile: only kernels whose name contains one of these "
+                   "comma-separated substrings")
     p.add_argument("-v", "--verbose", action="store_true", help="print each case as it runs")
     p.set_defaults(func=_check)
     return parser
