@@ -121,6 +121,17 @@ def test_input_weight_grad_op_passes_opcheck():
         torch.testing.assert_close(gw.double(), ew, rtol=1e-5, atol=1e-4)
 
 
+def test_input_weight_grad_op_is_differentiable():
+    # double backward (gradgradcheck of the fused op goes through it)
+    x = torch.randn(2, 4, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    gz = torch.randn(2, 4, 3, 2, 4, dtype=torch.float64, requires_grad=True)  # stride (1, 2, 1)
+    w = torch.randn(4, 2, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    for mask in ([True, True], [True, False], [False, True]):
+        assert torch.autograd.gradcheck(
+            lambda gz, x, w: torch.ops.videoconv._conv3d_input_weight_grad(
+                gz, x, w, [1, 2, 1], [1, 1, 1], [1, 1, 1], 2, mask), (gz, x, w))
+
+
 @needs_kernels
 def test_fused_x3d_block_on_triton_equals_eager():
     from videoconv import models

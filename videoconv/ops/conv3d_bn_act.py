@@ -256,6 +256,36 @@ def _conv3d_input_weight_grad_kernel(grad_z, input, weight, stride, padding, dil
     return grad_x, grad_w
 
 
+def _grad_setup_context(ctx, inputs, output):
+    grad_z, input, weight, stride, padding, dilation, groups, output_mask = inputs
+    ctx.conv = (list(stride), list(padding), list(dilation), groups)
+    ctx.save_for_backward(grad_z, input, weight)
+
+
+def _grad_backward(ctx, ggx, ggw):
+    # Double backward. grad_x = conv_transpose(grad_z, w) and grad_w = corr(x, grad_z) are
+    # bilinear, so their adjoints are convolutions again: this op itself and F.conv3d.
+    grad_z, input, weight = ctx.saved_tensors
+    stride, padding, dilation, groups = ctx.conv
+    n = ctx.needs_input_grad
+    has_ggx = ggx is not None and ggx.numel() > 0
+    has_ggw = ggw is not None and ggw.numel() > 0
+    d_grad_z = d_input = d_weight = None
+    if n[0]:
+        d_grad_z = torch.zeros_like(grad_z)
+        if has_ggx:
+            d_grad_z = d_grad_z + F.conv3d(ggx, weight, None, stride, padding, dilation, groups)
+        if has_ggw:
+            d_grad_z = d_grad_z + F.conv3d(input, ggw, None, stride, padding, dilation, groups)
+    if n[1] and has_ggw:  # <corr(x, gz), ggw> = <x, conv_transpose(gz, ggw)>
+        d_input = torch.ops.videoconv._conv3d_input_weight_grad.default(
+            grad_z, input, ggw, stride, padding, dilation, groups, [True, False])[0]
+    if n[2] and has_ggx:  # <conv_transpose(gz, w), ggx> = <w, corr(ggx, gz)>
+        d_weight = torch.ops.videoconv._conv3d_input_weight_grad.default(
+            grad_z, ggx, weight, stride, padding, dilation, groups, [False, True])[1]
+    return d_grad_z, d_input, d_weight, None, None, None, None, None
+
+
 @torch.library.register_fake(_GRAD_OP)
 def _conv3d_input_weight_grad_fake(grad_z, input, weight, stride, padding, dilation, groups,
                                    output_mask):
@@ -295,3 +325,6 @@ def _backward(ctx, grad):
 
 
 torch.library.register_autograd(_OP, _backward, setup_context=_setup_context)
+
+
+torch.library.register_autograd(_GRAD_OP, _grad_backward, setup_context=_grad_setup_context)
