@@ -38,7 +38,7 @@ def test_x3d_layers_include_depthwise_and_silu():
 
 @pytest.mark.parametrize("name", ["r3d_18", "r2plus1d_18", "x3d_s"])
 def test_eager_chain_and_fused_module_agree_on_every_workload(name):
-    for w in trace_layers(name, (3, 4, 32, 32))[:6]:
+    for w in trace_layers(name, (3, 4, 32, 32))[:4]:
         module = w.module.double()
         x = torch.randn(w.input_shape, dtype=torch.float64)
         r = torch.randn(w.output_shape, dtype=torch.float64) if w.residual else None
@@ -53,7 +53,8 @@ def test_cli_layer_benchmark_smoke(tmp_path):
     out = tmp_path / "layers.json"
     result = subprocess.run(
         [sys.executable, "-m", "videoconv", "bench", "--layers", "r3d_18", "--smoke", "--dtype",
-         "float32", "--providers", "eager,conv-only,videoconv", "--json", str(out)],
+         "float32", "--providers", "eager,conv-only,videoconv", "--max-layers", "3", "--json",
+         str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr

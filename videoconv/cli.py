@@ -106,6 +106,7 @@ def _bench(args: argparse.Namespace) -> int:
             models=names, dtypes=dtypes, batch=args.batch, device=device, smoke=args.smoke,
             min_run_time=min(args.min_run_time, 0.5), progress=progress,
             providers=(args.providers or ",".join(layers.LAYER_PROVIDERS)).split(","),
+            max_layers=args.max_layers,
         )
         to_markdown, kind = layers.layer_rows_to_markdown, "layers"
     else:
@@ -168,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="time every distinct fused layer of these models (comma-separated, or 'default' "
         "for r3d_18,r2plus1d_18,x3d_s) instead of whole models",
     )
+    p.add_argument("--max-layers", type=int, help="with --layers: the first N distinct layers per model")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--device", help="cpu or cuda (default: cuda if present)")
     p.add_argument("--smoke", action="store_true", help="tiny clips and short timing (for CI)")

@@ -304,6 +304,8 @@ def select_backend(op_name: str, **inputs: Any) -> Type[Backend]:
 # Backends implemented in their own modules register here (imported last: they subclass Backend).
 from .cpu import CpuBackend  # noqa: E402
 from .triton import TritonBackend  # noqa: E402
+from .cuda import CudaBackend  # noqa: E402
 
 register_backend(CpuBackend)
 register_backend(TritonBackend)
+register_backend(CudaBackend)
