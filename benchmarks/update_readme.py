@@ -3,7 +3,8 @@
     python benchmarks/update_readme.py
 
 The zoo table is computed (parameters, MACs at each model's standard clip); the benchmark
-tables are copied from benchmarks/results/zoo_<device>.md as `make bench` wrote them.
+tables are copied from benchmarks/results/{providers,layers,zoo}_<device>.md as `videoconv bench`
+wrote them.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def zoo_table() -> str:
 
 def bench_tables() -> str:
     parts = []
-    for stem in ("zoo_cpu", "providers_cpu", "zoo_cuda", "providers_cuda"):
+    for stem in ("providers_cpu", "layers_cpu", "zoo_cpu", "providers_cuda", "layers_cuda", "zoo_cuda"):
         path = os.path.join(ROOT, "benchmarks", "results", f"{stem}.md")
         if os.path.exists(path):
             with open(path) as f:

@@ -300,21 +300,24 @@ def _geomean(values: List[float]) -> float:
 def layer_rows_to_markdown(result: Dict[str, object]) -> str:
     env = result["environment"]
     rows = result["rows"]
-    providers = [p for p in LAYER_PROVIDERS if any(r["provider"] == p for r in rows)]
+    # conv-only is shown as the fusion bound (eager / conv-only), not as a provider column
+    shown = [p for p in LAYER_PROVIDERS if p not in ("eager", "conv-only")
+             and any(r["provider"] == p for r in rows)]
     lines = [
         f"Per-layer forward, traced from the zoo, channels_last_3d — {env['device']}",
         "",
         f"torch {env['torch']}, triton {env['triton']}, videoconv {env['videoconv']} "
         f"(rev {env['git_revision']}), {env['date']}; command: `{env['command']}`",
         "",
-        "Speedups are vs `eager` (conv -> BN [+res] -> act modules) in the same run. "
-        "`fusion bound` = eager / conv-only: the most any fusion that keeps the backend's "
-        "convolution kernel can win on that layer.",
+        "Times in ms, speedups vs `eager` (conv -> BN [+res] -> act modules) in the same run; "
+        "x = how many times the layer occurs in the model. `fusion bound` = eager / conv-only "
+        "(the eager convolution alone): what removing BatchNorm and the activation entirely "
+        "would win with eager's convolution; a fused path can only beat it with a faster "
+        "convolution (prepacked weights, another kernel).",
         "",
+        "| layer | x | dtype | eager | " + " | ".join(shown) + " | fusion bound |",
+        "| --- | ---: | --- | ---: | " + " | ".join("---:" for _ in shown) + " | ---: |",
     ]
-    header = "| layer | x | dtype | eager ms | " + " | ".join(
-        f"{p} " for p in providers if p != "eager") + " | fusion bound |"
-    lines += [header, "| --- | ---: | --- | ---: | " + " | ".join("---:" for p in providers if p != "eager") + " | ---: |"]
     keys = []
     for r in rows:
         k = (r["workload"], r["dtype"])
@@ -327,28 +330,37 @@ def layer_rows_to_markdown(result: Dict[str, object]) -> str:
         if eager is None:
             continue
         cells = []
-        for p in providers:
-            if p == "eager":
-                continue
+        for p in shown:
             r = group.get(p)
             if r is None:
                 cells.append("—")
             else:
                 cells.append(f"{r['median_ms']:.2f} ({r['speedup_vs_eager']:.2f}x)")
                 summary.setdefault((eager["model"], dt, p), []).append(r["speedup_vs_eager"])
+                # time-weighted: the model's share of this layer (count x eager time)
+                summary.setdefault((eager["model"], dt, p + "@time"), []).append(
+                    (eager["count"] * eager["median_ms"], eager["count"] * r["median_ms"]))
         bound = eager.get("fusion_bound")
         if bound:
             summary.setdefault((eager["model"], dt, "fusion bound"), []).append(bound)
         lines.append(f"| {wl} | {eager['count']} | {dt} | {eager['median_ms']:.2f} | "
                      + " | ".join(cells) + f" | {'—' if not bound else f'{bound:.2f}x'} |")
-    lines += ["", "Geometric mean of the per-layer speedups vs eager:", "",
-              "| model | dtype | " + " | ".join(p for p in providers if p != "eager") + " | fusion bound |",
-              "| --- | --- | " + " | ".join("---:" for p in providers if p != "eager") + " | ---: |"]
+    lines += ["", "Per model: geometric mean of the per-layer speedups, and the speedup of the "
+              "sum of all layer times (each layer counted as often as it occurs):", "",
+              "| model | dtype | " + " | ".join(f"{p} (geomean)" for p in shown)
+              + " | " + " | ".join(f"{p} (sum of layers)" for p in shown) + " | fusion bound (geomean) |",
+              "| --- | --- | " + " | ".join("---:" for _ in shown * 2) + " | ---: |"]
     for model, dt in sorted({(m, d) for (m, d, _) in summary}):
-        cells = [summary.get((model, dt, p)) for p in providers if p != "eager"] + [
-            summary.get((model, dt, "fusion bound"))]
-        lines.append(f"| {model} | {dt} | " + " | ".join(
-            "—" if not c else f"{_geomean(c):.2f}x" for c in cells) + " |")
+        geo = [summary.get((model, dt, p)) for p in shown]
+        tot = []
+        for p in shown:
+            pairs = summary.get((model, dt, p + "@time"))
+            tot.append(None if not pairs else sum(a for a, _ in pairs) / sum(b for _, b in pairs))
+        bound = summary.get((model, dt, "fusion bound"))
+        lines.append(f"| {model} | {dt} | "
+                     + " | ".join("—" if not c else f"{_geomean(c):.2f}x" for c in geo) + " | "
+                     + " | ".join("—" if t is None else f"{t:.2f}x" for t in tot) + " | "
+                     + ("—" if not bound else f"{_geomean(bound):.2f}x") + " |")
     for line in result.get("skipped", []):
         lines.append(f"\nnot run: {line}")
     return "\n".join(lines) + "\n"

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops._validation import canonical_activation
+from ..ops._validation import as_triple, canonical_activation
 
 __all__ = ["activation_name", "apply_activation", "FusedModuleBase"]
 
@@ -151,10 +151,26 @@ class FusedModuleBase(nn.Module):
         cache = self._fold_cache
         if cache is not None and cache[0] == key:
             return cache[1]
-        with torch.no_grad():
+        # Normal tensors even under inference_mode: they carry version counters, which lets
+        # the cpu backend's pack cache recognise them without comparing values on every call.
+        with torch.inference_mode(False), torch.no_grad():
             values = tuple(v.detach() for v in self._fold())
         self._fold_cache = (key, values)
         return values
+
+    def _conv_args(self, conv: nn.Module):
+        """``[stride], [padding], [dilation]`` of ``conv`` as the op's int lists, converted once
+        per distinct value (per-call conversion is a visible cost on small layers)."""
+        key = (conv.stride, conv.padding, conv.dilation)
+        cached = self.__dict__.get("_conv_args_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        name = "videoconv.nn"
+        args = (list(as_triple(conv.stride, "stride", name)),
+                list(as_triple(conv.padding, "padding", name)),
+                list(as_triple(conv.dilation, "dilation", name)))
+        self.__dict__["_conv_args_cache"] = (key, args)
+        return args
 
     def _backend_context(self):
         if self.backend is None:
@@ -182,7 +198,13 @@ class FusedModuleBase(nn.Module):
 
 
 def _cache_key(t: Tensor) -> tuple:
-    # Inference tensors do not track versions (reading _version raises); identity and storage
-    # still catch replaced tensors, which is how parameters are normally swapped.
-    version = -1 if t.is_inference() else t._version
-    return (id(t), t.data_ptr(), version, t.dtype, t.device)
+    # Identity, storage and version counter: `.to()`/`.data =` give new storage (a dtype or
+    # device change always does), in-place updates bump the version. Inference tensors do not
+    # track versions (reading _version raises); identity and storage still catch replaced
+    # tensors, which is how parameters are normally swapped. Called for every source on every
+    # eval forward, so it stays this small.
+    try:
+        version = t._version
+    except RuntimeError:
+        version = -1
+    return (id(t), t.data_ptr(), version)

@@ -167,9 +167,15 @@ class Conv3dBNAct(FusedModuleBase):
                 y = y + residual
             return apply_activation(y, self.activation)
         scale, shift = self.folded()
+        stride, padding, dilation = self._conv_args(conv)
+        if self.backend is None:  # the common case, without a context manager per call
+            return torch.ops.videoconv.conv3d_bn_act.default(
+                x, conv.weight, scale, shift, stride, padding, dilation, conv.groups,
+                self.activation, residual)
         with self._backend_context():
-            return ops.conv3d_bn_act(x, conv.weight, scale, shift, conv.stride, conv.padding,
-                                     conv.dilation, conv.groups, self.activation, residual)
+            return torch.ops.videoconv.conv3d_bn_act.default(
+                x, conv.weight, scale, shift, stride, padding, dilation, conv.groups,
+                self.activation, residual)
 
     def extra_repr(self) -> str:
         s = f"activation={self.activation!r}"

@@ -95,7 +95,7 @@ def _check_triple(op: str, name: str, value: Sequence[int], minimum: int) -> Tup
         raise TypeError(f"{op}: {name} must be a sequence of 3 ints, got {value!r}") from None
     if len(items) != 3:
         raise ValueError(f"{op}: {name} must have 3 values (D, H, W), got {list(items)}")
-    if any(v < minimum for v in items):
+    if min(items) < minimum:
         what = "positive" if minimum == 1 else "non-negative"
         raise ValueError(f"{op}: {name} must be {what}, got {list(items)}")
     return items  # type: ignore[return-value]
@@ -103,20 +103,29 @@ def _check_triple(op: str, name: str, value: Sequence[int], minimum: int) -> Tup
 
 def _check_tensors(op: str, tensors: Dict[str, Optional[torch.Tensor]]) -> None:
     """Types, floating dtype, one dtype and one device for every (non-None) tensor."""
+    # Runs on every call: plain loops (no generators) keep it cheap for small layers.
+    present = {}
     for name, t in tensors.items():
-        if t is not None and not isinstance(t, torch.Tensor):
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
-    present = {name: t for name, t in tensors.items() if t is not None}
+        present[name] = t
     first_name, first = next(iter(present.items()))
     if first.dtype not in _FLOAT_DTYPES:
         raise RuntimeError(
             f"{op}: expected a floating-point {first_name} (float16, bfloat16, float32 or "
             f"float64), got {_dt(first.dtype)}"
         )
-    if any(t.dtype != first.dtype for t in present.values()):
+    dtype, device = first.dtype, first.device
+    same_dtype = same_device = True
+    for t in present.values():
+        same_dtype = same_dtype and t.dtype == dtype
+        same_device = same_device and t.device == device
+    if not same_dtype:
         got = ", ".join(f"{name} {_dt(t.dtype)}" for name, t in present.items())
         raise RuntimeError(f"{op}: expected all tensors to have the same dtype, got {got}")
-    if any(t.device != first.device for t in present.values()):
+    if not same_device:
         got = ", ".join(f"{name} on {t.device}" for name, t in present.items())
         raise RuntimeError(f"{op}: expected all tensors to be on the same device, got {got}")
 
@@ -128,7 +137,7 @@ def _check_input(op: str, input: torch.Tensor) -> None:
             f"{op}: expected a 5-D input (N, C, D, H, W), got a {input.dim()}-D input of size "
             f"{_size(input.shape)}{hint}"
         )
-    if any(s == 0 for s in input.shape[1:]):
+    if 0 in input.shape[1:]:
         raise RuntimeError(
             f"{op}: expected the input's non-batch dimensions to be non-zero, got input of size "
             f"{_size(input.shape)}"
@@ -141,7 +150,7 @@ def _check_weight(op: str, name: str, weight: torch.Tensor, layout: str) -> None
             f"{op}: expected a 5-D {name} {layout}, got a {weight.dim()}-D {name} of size "
             f"{_size(weight.shape)}"
         )
-    if any(s == 0 for s in weight.shape):
+    if 0 in weight.shape:
         raise RuntimeError(f"{op}: {name} must not be empty, got size {_size(weight.shape)}")
 
 

@@ -419,6 +419,7 @@ _conv2plus1d_bn_act_fwd = triton.autotune(
     key=["C_IN", "C_MID", "C_OUT", "P", "L_OUT", "T_CHUNK", "TEMPORAL_FIRST", "TAPS1", "KQ",
          "KR", "NSLOT", "stride_xc"],
     prune_configs_by={"early_config_prune": _prune_configs},
+    cache_results=True,  # on disk, keyed by shape, dtypes and target GPU (see conv3d_bn_act.py)
 )(triton.heuristics({"FLAT_K": _flat_k_heuristic})(_conv2plus1d_bn_act_fwd_kernel))
 
 

@@ -388,6 +388,9 @@ _conv3d_bn_act_fwd = triton.autotune(
     key=["M", "C_IN_G", "C_OUT_G", "KD", "KH", "KW", "STRIDE_D", "STRIDE_H", "STRIDE_W",
          "X_VEC", "OUT_VEC"],
     prune_configs_by={"early_config_prune": _prune_configs},
+    # Persist the winning config on disk (Triton's cache, keyed by this key, the dtypes and the
+    # target GPU), so a layer is benchmarked once per machine, not once per process.
+    cache_results=True,
 )(triton.heuristics({"FLAT_K": _flat_k_heuristic})(_conv3d_bn_act_fwd_kernel))
 
 

@@ -120,6 +120,7 @@ _AUTOTUNE = dict(
     configs=_CL_CONFIGS + _NC_CONFIGS,
     key=["CV", "P", "KT", "KH", "KW", "MULT", "CHANNELS_LAST", "VEC"],
     prune_configs_by={"early_config_prune": _prune_by_layout},
+    cache_results=True,  # on disk, keyed by shape, dtypes and target GPU (see conv3d_bn_act.py)
 )
 
 #: Kernels with at most this many taps are unrolled completely. Larger ones (3x3x3) loop over
