@@ -40,7 +40,8 @@ def zoo_table() -> str:
 
 def bench_tables() -> str:
     parts = []
-    for stem in ("providers_cpu", "layers_cpu", "zoo_cpu", "providers_cuda", "layers_cuda", "zoo_cuda"):
+    for stem in ("providers_cpu", "bound_cpu", "layers_cpu", "zoo_cpu", "providers_cuda", "layers_cuda",
+                 "zoo_cuda"):
         path = os.path.join(ROOT, "benchmarks", "results", f"{stem}.md")
         if os.path.exists(path):
             with open(path) as f:

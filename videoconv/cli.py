@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32,bfloat16", help="comma-separated dtypes")
     p.add_argument(
         "--providers",
-        help="comma-separated; models: eager, videoconv, compile (inductor, freezing), openvino "
+        help="comma-separated; models: eager, conv-only, videoconv, compile (inductor, freezing), openvino "
         "(default eager,videoconv); layers: eager, conv-only, videoconv, compile (default all)",
     )
     p.add_argument(

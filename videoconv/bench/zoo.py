@@ -2,7 +2,9 @@
 
 Each model runs in eval mode at its standard clip (batch 1 by default), channels_last_3d (the
 layout cuDNN and oneDNN are fastest in for 3D convolutions), in each requested dtype, through
-each provider: ``eager`` (the ``nn.Conv3d`` module chain: the baseline), ``videoconv``
+each provider: ``eager`` (the ``nn.Conv3d`` module chain: the baseline), ``conv-only`` (the
+same model with its BatchNorms and activations removed: not the same function, a bound on
+what epilogue fusion alone can win), ``videoconv``
 (``videoconv.fuse(model)``), ``compile`` (inductor with freezing) and ``openvino`` (CPU, when
 installed). Rows carry MACs from :func:`videoconv.analysis.count_flops`, so the achieved TFLOP/s
 can be read against the device's peak, and the speedup over eager measured in the same run.
@@ -59,6 +61,21 @@ def _eager(model, x):
     return lambda: model(x)
 
 
+def _conv_only(model, x):
+    # Not the same function: every BatchNorm3d and ReLU/SiLU replaced by nn.Identity, so only the
+    # eager convolutions (and the rest of the network) remain. Its time is the floor for any
+    # fusion that keeps eager's convolution kernels: eager / conv-only bounds what fusing the
+    # epilogues can win on this model.
+    import torch.nn as nn
+
+    stripped = copy.deepcopy(model)
+    for name, module in list(stripped.named_modules()):
+        if isinstance(module, (nn.BatchNorm3d, nn.ReLU, nn.SiLU)) and name:
+            parent, _, leaf = name.rpartition(".")
+            setattr(stripped.get_submodule(parent) if parent else stripped, leaf, nn.Identity())
+    return lambda: stripped(x)
+
+
 def _videoconv(model, x):
     import videoconv
 
@@ -105,7 +122,8 @@ def _openvino(model, x):
     return lambda: compiled(clip)
 
 
-PROVIDERS = {"eager": _eager, "videoconv": _videoconv, "compile": _compile, "openvino": _openvino}
+PROVIDERS = {"eager": _eager, "conv-only": _conv_only, "videoconv": _videoconv,
+             "compile": _compile, "openvino": _openvino}
 
 
 def _input(spec, batch: int, smoke: bool):
