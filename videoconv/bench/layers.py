@@ -63,7 +63,7 @@ class LayerWorkload:
             g = "" if c["groups"] == 1 else (" dw" if c["groups"] == c["weight"][0] else f" g{c['groups']}")
             return f"{c['weight'][1] * c['groups']}->{c['weight'][0]} {k}{s}{g}"
 
-        body = " | ".join(conv_text(c) for c in self.convs)
+        body = " / ".join(conv_text(c) for c in self.convs)  # no "|": labels go into tables
         extra = " +res" if self.residual else ""
         return f"{self.model} {body} {self.activation}{extra} @{'x'.join(map(str, self.input_shape[2:]))}"
 
@@ -343,7 +343,7 @@ def layer_rows_to_markdown(result: Dict[str, object]) -> str:
         bound = eager.get("fusion_bound")
         if bound:
             summary.setdefault((eager["model"], dt, "fusion bound"), []).append(bound)
-        lines.append(f"| {wl} | {eager['count']} | {dt} | {eager['median_ms']:.2f} | "
+        lines.append(f"| {wl.replace('|', '/')} | {eager['count']} | {dt} | {eager['median_ms']:.2f} | "
                      + " | ".join(cells) + f" | {'—' if not bound else f'{bound:.2f}x'} |")
     lines += ["", "Per model: geometric mean of the per-layer speedups, and the speedup of the "
               "sum of all layer times (each layer counted as often as it occurs):", "",

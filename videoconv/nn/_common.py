@@ -198,13 +198,13 @@ class FusedModuleBase(nn.Module):
 
 
 def _cache_key(t: Tensor) -> tuple:
-    # Identity, storage and version counter: `.to()`/`.data =` give new storage (a dtype or
-    # device change always does), in-place updates bump the version. Inference tensors do not
-    # track versions (reading _version raises); identity and storage still catch replaced
-    # tensors, which is how parameters are normally swapped. Called for every source on every
-    # eval forward, so it stays this small.
+    # Identity, storage, version counter, dtype and device: `.to()`/`.data =` give new storage,
+    # in-place updates bump the version. Inference tensors do not track versions (reading
+    # _version raises); identity and storage still catch replaced tensors, which is how
+    # parameters are normally swapped. Called for every source on every eval forward, so it
+    # stays this small.
     try:
         version = t._version
     except RuntimeError:
         version = -1
-    return (id(t), t.data_ptr(), version)
+    return (id(t), t.data_ptr(), version, t.dtype, t.device)
