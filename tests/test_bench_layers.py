@@ -64,4 +64,8 @@ def test_cli_layer_benchmark_smoke(tmp_path):
     for r in rows:
         assert r["median_ms"] > 0 and r["speedup_vs_eager"] > 0 and r["fusion_bound"] > 0
         assert r["device"] == data["environment"]["device"]
-    assert "fusion bound" in result.stdout
+        assert r["roofline_headroom"] >= 1.0  # the unfused chain moves more bytes
+        if r["provider"] != "conv-only":
+            assert r["gbs"] > 0 and 0 < r["pct_of_roofline"] <= 100
+    assert data["environment"]["roofline"]["bandwidth_gbs"] > 0
+    assert "fusion bound" in result.stdout and "ideal headroom" in result.stdout

@@ -5,6 +5,7 @@
 * :func:`conv_output_shape` — output size of a convolution/pooling with PyTorch's floor rule.
 * :func:`compare_conv_parameters` — 2D vs 3D vs (2+1)D parameters and compute.
 * :func:`activation_memory` — bytes autograd keeps for the backward pass of a training step.
+* :mod:`.roofline` — device peaks, minimal FLOPs/bytes of fused vs unfused layers, fusion headroom.
 """
 
 from .compare import ConvVariant, compare_conv_parameters, midplanes
@@ -13,6 +14,8 @@ from .memory import ActivationMemory, activation_memory
 from .params import count_params
 from .shapes import conv_output_shape
 from ._tracing import parse_input_shape
+from . import roofline
+from .roofline import DeviceSpec, LayerCost, device_spec, fusion_summary, layer_cost, roofline_time
 
 __all__ = [
     "count_params",
@@ -27,4 +30,11 @@ __all__ = [
     "activation_memory",
     "ActivationMemory",
     "parse_input_shape",
+    "roofline",
+    "DeviceSpec",
+    "LayerCost",
+    "device_spec",
+    "layer_cost",
+    "roofline_time",
+    "fusion_summary",
 ]

@@ -215,6 +215,14 @@ class LayerRow:
     speedup_vs_eager: Optional[float] = None
     #: eager / conv-only of this workload: the most an epilogue fusion can win here.
     fusion_bound: Optional[float] = None
+    #: Bytes per second this provider moved, counting the minimal bytes of its variant
+    #: (unfused chain for eager, fused layer for videoconv; videoconv.analysis.roofline).
+    gbs: Optional[float] = None
+    #: The roofline bound of its variant on this device over the measured time, in percent.
+    pct_of_roofline: Optional[float] = None
+    #: Roofline bound of the unfused chain / of the fused layer: what fusion can win at most on
+    #: an ideal machine of this device's peak and bandwidth.
+    roofline_headroom: Optional[float] = None
 
 
 def run_layer_benchmark(
@@ -239,6 +247,10 @@ def run_layer_benchmark(
     if "eager" not in providers:
         providers = ("eager",) + providers
     env = environment(device)
+    from ..analysis import roofline
+
+    device_limits = roofline.device_spec(device)  # datasheet on known GPUs; measured on a CPU
+    env["roofline"] = device_limits.to_dict()
     rows: List[LayerRow] = []
     skipped: List[str] = []
     for model_name in models:
@@ -256,6 +268,9 @@ def run_layer_benchmark(
                 r = (torch.randn(wl.output_shape, device=device, dtype=dtype).contiguous(
                     memory_format=torch.channels_last_3d) if wl.residual else None)
                 times: Dict[str, float] = {}
+                math = roofline.math_dtype(dt, device)
+                cost = roofline.layer_cost(wl, dt)
+                headroom = roofline.roofline_time(cost, device_limits, math).fusion_headroom
                 for p in providers:
                     if progress:
                         progress(f"{wl.label} {dt} {p}")
@@ -275,6 +290,9 @@ def run_layer_benchmark(
                     t = time_callable(timed, device, min_run_time=0.02 if smoke else min_run_time,
                                       min_runs=1 if smoke else 5)
                     times[p] = t.median_ms
+                    got = (None if p not in ("eager", "videoconv") else
+                           roofline.achieved(cost, t.median_ms, device_limits, math,
+                                             fused=p == "videoconv"))
                     rows.append(LayerRow(
                         provider=p, workload=wl.label, model=model_name, kind=wl.kind,
                         count=wl.count, input_shape=list(wl.input_shape), dtype=dt,
@@ -282,6 +300,9 @@ def run_layer_benchmark(
                         p20_ms=t.p20_ms, p80_ms=t.p80_ms,
                         tflops=2 * wl.macs / (t.median_ms * 1e-3) / 1e12, setup_s=setup_s,
                         speedup_vs_eager=times["eager"] / t.median_ms if "eager" in times else None,
+                        gbs=None if got is None else got.gbs,
+                        pct_of_roofline=None if got is None else got.pct_of_roofline,
+                        roofline_headroom=headroom,
                     ))
                 bound = (times["eager"] / times["conv-only"]
                          if "eager" in times and "conv-only" in times else None)
@@ -315,8 +336,14 @@ def layer_rows_to_markdown(result: Dict[str, object]) -> str:
         "would win with eager's convolution; a fused path can only beat it with a faster "
         "convolution (prepacked weights, another kernel).",
         "",
-        "| layer | x | dtype | eager | " + " | ".join(shown) + " | fusion bound |",
-        "| --- | ---: | --- | ---: | " + " | ".join("---:" for _ in shown) + " | ---: |",
+        "`% roofline` = the roofline bound of the fused layer on this device (peak and "
+        "bandwidth in the JSON's environment) over videoconv's time; `ideal headroom` = "
+        "roofline bound of the unfused chain / of the fused layer: what fusion could win at "
+        "most on an ideal machine with this device's peak and bandwidth.",
+        "",
+        "| layer | x | dtype | eager | " + " | ".join(shown) + " | fusion bound | % roofline "
+        "| ideal headroom |",
+        "| --- | ---: | --- | ---: | " + " | ".join("---:" for _ in shown) + " | ---: | ---: | ---: |",
     ]
     keys = []
     for r in rows:
@@ -343,8 +370,13 @@ def layer_rows_to_markdown(result: Dict[str, object]) -> str:
         bound = eager.get("fusion_bound")
         if bound:
             summary.setdefault((eager["model"], dt, "fusion bound"), []).append(bound)
+        fused = group.get("videoconv")
+        pct = fused.get("pct_of_roofline") if fused else None
+        ideal = eager.get("roofline_headroom")
         lines.append(f"| {wl.replace('|', '/')} | {eager['count']} | {dt} | {eager['median_ms']:.2f} | "
-                     + " | ".join(cells) + f" | {'—' if not bound else f'{bound:.2f}x'} |")
+                     + " | ".join(cells) + f" | {'—' if not bound else f'{bound:.2f}x'} | "
+                     + ("—" if pct is None else f"{pct:.0f}%") + " | "
+                     + ("—" if ideal is None else f"{ideal:.2f}x") + " |")
     lines += ["", "Per model: geometric mean of the per-layer speedups, and the speedup of the "
               "sum of all layer times (each layer counted as often as it occurs):", "",
               "| model | dtype | " + " | ".join(f"{p} (geomean)" for p in shown)
