@@ -184,6 +184,9 @@ def _provider(name: str, module: nn.Module, x, r):
     if name == "compile":
         import torch._inductor.config as inductor_config
 
+        # every layer recompiles _ChainModule.forward: without a reset dynamo stops compiling
+        # after its recompile limit (8) and silently runs eager
+        torch._dynamo.reset()
         compiled = torch.compile(_ChainModule(module))
 
         def forward():

@@ -88,6 +88,9 @@ def _compile(model, x):
     # oneDNN weights, i.e. the strongest torch.compile baseline for inference.
     import torch._inductor.config as inductor_config
 
+    # Every model/dtype recompiles shared block classes; past dynamo's recompile limit (8 per
+    # code object) it silently runs eager, so each compiled provider starts from a clean cache.
+    torch._dynamo.reset()
     compiled = torch.compile(model)
 
     def forward():
