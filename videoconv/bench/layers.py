@@ -339,8 +339,10 @@ def layer_rows_to_markdown(result: Dict[str, object]) -> str:
         "would win with eager's convolution; a fused path can only beat it with a faster "
         "convolution (prepacked weights, another kernel).",
         "",
-        "`% roofline` = the roofline bound of the fused layer on this device (peak and "
-        "bandwidth in the JSON's environment) over videoconv's time; `ideal headroom` = "
+        "`% roofline` = the roofline bound of the fused layer on this device over videoconv's "
+        "time; the peak and bandwidth are in the JSON's environment (datasheet on known GPUs; on "
+        "a CPU measured once with a GEMM and a copy, a practical ceiling that a well-blocked "
+        "convolution can exceed, hence values over 100%). `ideal headroom` = "
         "roofline bound of the unfused chain / of the fused layer: what fusion could win at "
         "most on an ideal machine with this device's peak and bandwidth.",
         "",
