@@ -66,6 +66,8 @@ def test_cli_layer_benchmark_smoke(tmp_path):
         assert r["device"] == data["environment"]["device"]
         assert r["roofline_headroom"] >= 1.0  # the unfused chain moves more bytes
         if r["provider"] != "conv-only":
-            assert r["gbs"] > 0 and 0 < r["pct_of_roofline"] <= 100
+            # percent of a roofline from *measured* CPU ceilings (a GEMM and a copy): a layer can
+            # beat that GEMM, and a fresh CI machine measures it once, so no upper limit here
+            assert r["gbs"] > 0 and r["pct_of_roofline"] > 0
     assert data["environment"]["roofline"]["bandwidth_gbs"] > 0
     assert "fusion bound" in result.stdout and "ideal headroom" in result.stdout
