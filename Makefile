@@ -16,6 +16,9 @@ TORCHVISION_VERSION ?= 0.28.0
 # outputs); 0.1.5 is pure Python, installed without its dependency list so it pulls no torch.
 PYTORCHVIDEO_VERSION ?= 0.1.5
 STAMP := .make/installed
+# OpenVINO is a baseline of `make bench` on CPU (an optional extra; `videoconv bench` skips it
+# with a note where it is missing).
+BENCH_STAMP := .make/bench-extras
 
 .PHONY: install test bench bench-smoke info clean
 
@@ -29,7 +32,8 @@ $(STAMP): setup.py pyproject.toml Makefile $(wildcard csrc/*.cpp csrc/cpu/*.cpp 
 		echo "installing torch==$(TORCH_VERSION) and triton==$(TRITON_VERSION)"; \
 		$(PIP) install "torch==$(TORCH_VERSION)" "triton==$(TRITON_VERSION)"; \
 	fi
-	$(PIP) install setuptools wheel ninja numpy "pytest>=7" "pytest-benchmark>=4" pillow
+	$(PIP) install setuptools wheel ninja numpy "pytest>=7" "pytest-benchmark>=4" pillow \
+		matplotlib tqdm av
 	@if ! $(PIP) show torchvision >/dev/null 2>&1 && \
 	    $(PYTHON) -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$(TORCH_VERSION)')"; then \
 		$(PIP) install --no-deps "torchvision==$(TORCHVISION_VERSION)"; \
@@ -42,12 +46,19 @@ $(STAMP): setup.py pyproject.toml Makefile $(wildcard csrc/*.cpp csrc/cpu/*.cpp 
 test: $(STAMP)
 	$(PYTHON) -m pytest -q --doctest-modules tests videoconv
 
-bench: $(STAMP)
+$(BENCH_STAMP): $(STAMP)
+	$(PIP) install openvino
+	@touch $@
+
+# The default workload on the device present (about ten minutes): the layers of r3d_18 and
+# r2plus1d_18 and three whole models on CPU, the five suite models on a GPU; every provider
+# that can run here. Writes benchmarks/results/bench_<device>.{json,md} and its plots.
+bench: $(BENCH_STAMP)
 	$(PYTHON) -m videoconv bench --output-dir benchmarks/results
 
 # Seconds, for CI: proves the benchmark runs end to end; its numbers mean nothing.
 bench-smoke: $(STAMP)
-	$(PYTHON) -m videoconv bench --smoke --json /tmp/videoconv_bench_smoke.json
+	$(PYTHON) -m videoconv bench --smoke --no-progress --json /tmp/videoconv_bench_smoke.json --plot /tmp/videoconv_bench_smoke
 
 info: $(STAMP)
 	$(PYTHON) -m videoconv info

@@ -5,7 +5,7 @@ collected by ``make test``: pyproject's ``testpaths`` is ``tests`` and ``make te
 ``tests videoconv`` explicitly.
 
 Workloads are never typed by hand: per-layer ones come from
-:func:`videoconv.bench.layers.trace_layers` (the distinct fused layers of a zoo model, traced
+:func:`videoconv.bench.suite.layer_workloads` (the distinct fused layers of a zoo model, traced
 from the model itself), whole models from :mod:`videoconv.models`. Each test is one
 (workload, dtype, provider, device); ``benchmark.group`` is the workload and dtype, so a group
 lines up the providers of one workload, and test ids are built only from the workload itself
@@ -51,9 +51,8 @@ def pytest_addoption(parser):
                     help="comma-separated dtypes (default: float32,bfloat16 on CPU, "
                          "float32,bfloat16,float16 on CUDA)")
     group.addoption("--vc-providers", default=None,
-                    help="comma-separated providers (default: per-layer "
-                         f"{','.join(LAYER_PROVIDERS)}; whole models {','.join(MODEL_PROVIDERS)}; "
-                         "a provider a suite does not have is ignored there)")
+                    help="comma-separated providers of videoconv bench (default: per-layer "
+                         f"{','.join(LAYER_PROVIDERS)}; whole models {','.join(MODEL_PROVIDERS)})")
     group.addoption("--vc-device", default=None,
                     help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     group.addoption("--vc-smoke", action="store_true", default=False,
@@ -83,7 +82,7 @@ def _split(value: Optional[str]) -> Optional[Tuple[str, ...]]:
 @functools.lru_cache(maxsize=None)
 def _settings_cached(device, dtypes, smoke, models, providers) -> Settings:
     from videoconv import models as zoo
-    from videoconv.bench.zoo import DTYPES
+    from videoconv.bench.suite import DTYPES
 
     if device is None:
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -109,13 +108,12 @@ def _settings_cached(device, dtypes, smoke, models, providers) -> Settings:
             raise pytest.UsageError(f"--vc-models: unknown model {name!r}; known: {', '.join(zoo.list_models())}")
     provs = _split(providers)
     if provs is not None:
-        from videoconv.bench.layers import LAYER_PROVIDERS as ALL_LAYER
-        from videoconv.bench.zoo import PROVIDERS as ALL_MODEL
+        from videoconv.bench.providers import provider_names
 
         for p in provs:
-            if p not in ALL_LAYER and p not in ALL_MODEL:
+            if p not in provider_names():
                 raise pytest.UsageError(f"--vc-providers: unknown provider {p!r}; choose from "
-                                        f"{', '.join(dict.fromkeys(tuple(ALL_LAYER) + tuple(ALL_MODEL)))}")
+                                        f"{', '.join(provider_names())}")
     return Settings(device=dev, dtypes=dts, smoke=smoke, models=names, providers=provs)
 
 
@@ -137,13 +135,12 @@ def _slug(text: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def traced_layers(model: str, smoke: bool):
-    """The distinct fused layers of ``model`` (float32, CPU), at its test clip when ``smoke``."""
-    from videoconv import models as zoo
-    from videoconv.bench.layers import trace_layers
+    """The distinct fused layers of ``model`` as benchmark workloads (float32, CPU), at its test
+    clip when ``smoke``."""
+    from videoconv.bench.suite import layer_workloads
 
-    spec = zoo.get_model_spec(model)
     torch.manual_seed(0)
-    return tuple(trace_layers(model, spec.test_input_shape if smoke else None))
+    return tuple(layer_workloads(model, smoke))
 
 
 def model_input_shape(model: str, smoke: bool, batch: int = 1) -> Tuple[int, ...]:
@@ -155,7 +152,7 @@ def model_input_shape(model: str, smoke: bool, batch: int = 1) -> Tuple[int, ...
 
 @dataclasses.dataclass(frozen=True)
 class LayerCase:
-    workload: object  # videoconv.bench.layers.LayerWorkload
+    workload: object  # videoconv.bench.providers.Workload (level 'layer')
     dtype: str
     provider: str
     device: torch.device
@@ -187,11 +184,8 @@ def _device_id(device: torch.device) -> str:
 
 
 def layer_cases(s: Settings) -> Tuple[List[LayerCase], List[str]]:
-    from videoconv.bench.layers import LAYER_PROVIDERS as ALL_LAYER
-
     models = s.models or (SMOKE_LAYER_MODELS if s.smoke else LAYER_MODELS)
-    providers = ([p for p in s.providers if p in ALL_LAYER] if s.providers is not None
-                 else list(LAYER_PROVIDERS))
+    providers = list(s.providers) if s.providers is not None else list(LAYER_PROVIDERS)
     cases, ids, seen = [], [], set()
     for model in models:
         for wl in traced_layers(model, s.smoke):
@@ -210,11 +204,9 @@ def layer_cases(s: Settings) -> Tuple[List[LayerCase], List[str]]:
 
 def model_cases(s: Settings) -> Tuple[List[ModelCase], List[str]]:
     from videoconv import models as zoo
-    from videoconv.bench.zoo import PROVIDERS as ALL_MODEL
 
     models = s.models or (SMOKE_MODEL_MODELS if s.smoke else tuple(zoo.list_models()))
-    providers = ([p for p in s.providers if p in ALL_MODEL] if s.providers is not None
-                 else list(MODEL_PROVIDERS))
+    providers = list(s.providers) if s.providers is not None else list(MODEL_PROVIDERS)
     cases, ids = [], []
     for model in models:
         shape = model_input_shape(model, s.smoke)

@@ -3,8 +3,9 @@
     python benchmarks/update_readme.py
 
 The zoo table is computed (parameters, MACs at each model's standard clip); the benchmark
-tables are copied from benchmarks/results/{providers,layers,zoo}_<device>.md as `videoconv bench`
-wrote them.
+reports are copied from benchmarks/results/<name>_<device>.md as `videoconv bench` wrote them
+(headings demoted to fit under the README's "Benchmarks"), with their plots. A device with no
+result says so.
 """
 
 from __future__ import annotations
@@ -38,15 +39,33 @@ def zoo_table() -> str:
     return "\n".join(lines)
 
 
+#: result names, in README order: `make bench`'s default run, then the training-step run
+RESULTS = ("bench", "train")
+DEVICES = (("cpu", "CPU"), ("cuda", "GPU"))
+
+
 def bench_tables() -> str:
     parts = []
-    for stem in ("providers_cpu", "bound_cpu", "layers_cpu", "zoo_cpu", "providers_cuda", "layers_cuda",
-                 "zoo_cuda"):
-        path = os.path.join(ROOT, "benchmarks", "results", f"{stem}.md")
-        if os.path.exists(path):
+    results = os.path.join(ROOT, "benchmarks", "results")
+    for device, title in DEVICES:
+        found = False
+        for name in RESULTS:
+            path = os.path.join(results, f"{name}_{device}.md")
+            if not os.path.exists(path):
+                continue
+            found = True
             with open(path) as f:
-                parts.append(f.read().strip())
-    return "\n\n".join(parts) if parts else "No benchmark has been run yet."
+                report = re.sub(r"^(#+) ", lambda m: "##" + m.group(1) + " ", f.read().strip(), flags=re.M)
+            parts.append(report)
+            for plot in ("speedup", "roofline"):
+                png = f"benchmarks/results/{name}_{device}_{plot}.png"
+                if os.path.exists(os.path.join(ROOT, png)):
+                    parts.append(f"![{name} {device} {plot}]({png})")
+        if not found:
+            parts.append(f"### {title}\n\nNot yet measured: no {title} benchmark run has been "
+                         f"recorded (`make bench` on a machine with a {title} writes "
+                         f"`benchmarks/results/bench_{device}.md`).")
+    return "\n\n".join(parts)
 
 
 def replace_between(text: str, marker: str, body: str) -> str:

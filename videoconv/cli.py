@@ -2,7 +2,7 @@
 
     videoconv info                       versions, devices, extension, backends
     videoconv flops MODEL [--input S]    per-layer MACs table of a zoo model
-    videoconv bench [...]                forward timings of the zoo on the device present
+    videoconv bench [...]                layers and models of the zoo, every provider, on the device present
 """
 
 from __future__ import annotations
@@ -87,53 +87,61 @@ def _flops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names(value, what: str):
+    """--models/--layers: a comma-separated list, 'all' (the suite's five models) or 'none'."""
+    from videoconv.bench.suite import FULL_MODELS
+
+    if value is None:
+        return None
+    if value in ("none", ""):
+        return ()
+    if value == "all":
+        return FULL_MODELS
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
 def _bench(args: argparse.Namespace) -> int:
     import torch
 
-    from videoconv.bench import layers, zoo
+    from videoconv.bench import suite
 
     device = torch.device(args.device) if args.device else None
-    model_names = args.models.split(",") if args.models else None
-    dtypes = args.dtype.split(",")
+    dev = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    defaults = suite.default_workloads(dev)
+    layers, models = _names(args.layers, "layers"), _names(args.models, "models")
+    if layers is None and models is None:  # nothing chosen: the default workload
+        layers, models = defaults["layers"], defaults["models"]
+    layers, models = layers or (), models or ()
+    max_layers = args.max_layers
+    if args.smoke:  # seconds: a few layers of one model and one forward prove the whole path
+        layers, models = layers[:1], models[:1]
+        max_layers = max_layers or 3
+    result = suite.run_benchmark(
+        layers=layers, models=models,
+        dtypes=args.dtype.split(",") if args.dtype else defaults["dtypes"],
+        modes=args.mode.split(","),
+        providers=args.providers.split(",") if args.providers else None,
+        batch=args.batch, device=device, smoke=args.smoke, min_run_time=args.min_run_time,
+        max_layers=max_layers, progress=not args.no_progress,
+    )
+    from videoconv.bench.report import to_markdown
 
-    def progress(message: str) -> None:
-        print(f"  timing {message} ...", file=sys.stderr, flush=True)
-
-    if args.layers:
-        names = (layers.DEFAULT_LAYER_MODELS if args.layers == "default"
-                 else tuple(args.layers.split(",")))
-        result = layers.run_layer_benchmark(
-            models=names, dtypes=dtypes, batch=args.batch, device=device, smoke=args.smoke,
-            min_run_time=min(args.min_run_time, 0.5), progress=progress,
-            providers=(args.providers or ",".join(layers.LAYER_PROVIDERS)).split(","),
-            max_layers=args.max_layers,
-        )
-        to_markdown, kind = layers.layer_rows_to_markdown, "layers"
-    else:
-        result = zoo.run_zoo_benchmark(
-            models=model_names,
-            dtypes=dtypes,
-            batch=args.batch,
-            device=device,
-            smoke=args.smoke,
-            min_run_time=args.min_run_time,
-            progress=progress,
-            providers=(args.providers or "eager,videoconv").split(","),
-        )
-        to_markdown, kind = zoo.rows_to_markdown, "zoo"
     print(to_markdown(result))
-    json_path, markdown_path = args.json, args.markdown
+    json_path, markdown_path, plot_prefix = args.json, args.markdown, args.plot
     if args.output_dir:
-        # One file per device type, overwritten by each full run: the latest result is the one
-        # the README shows; git keeps the history.
-        stem = os.path.join(args.output_dir, f"{kind}_{result['environment']['device_type']}")
-        json_path, markdown_path = json_path or stem + ".json", markdown_path or stem + ".md"
-    for path in (json_path, markdown_path):
-        if path and os.path.dirname(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-    zoo.save(result, json_path, markdown_path, to_markdown)
-    if json_path:
-        print(f"wrote {json_path}" + (f" and {markdown_path}" if markdown_path else ""))
+        # One set of files per device type and name, overwritten by each full run: the latest
+        # result is the one the README shows; git keeps the history.
+        stem = os.path.join(args.output_dir, f"{args.output_name}_{result['environment']['device_type']}")
+        json_path = json_path or stem + ".json"
+        markdown_path = markdown_path or stem + ".md"
+        plot_prefix = plot_prefix or stem
+    try:
+        written = suite.save(result, json_path, markdown_path, plot_prefix)
+    except ImportError as exc:  # matplotlib missing: the tables are written, the plots are not
+        written = suite.save(result, json_path, markdown_path, None)
+        print(f"plots skipped: {exc}", file=sys.stderr)
+    if written:
+        print("wrote " + ", ".join(written))
     return 0
 
 
@@ -155,28 +163,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="clip shape NxCxTxHxW (default: the model's standard clip, batch 1)")
     p.set_defaults(func=_flops)
 
-    p = sub.add_parser("bench", help="time the zoo's forward on the device present")
-    p.add_argument("--models", help="comma-separated zoo names (default: all)")
-    p.add_argument("--dtype", default="float32,bfloat16", help="comma-separated dtypes")
+    p = sub.add_parser(
+        "bench",
+        help="time the zoo's layers and models per provider on the device present "
+        "(no options: the default workload, about ten minutes)",
+    )
+    p.add_argument("--models", help="whole models to time: comma-separated zoo names, 'all' "
+                   "(r3d_18,r2plus1d_18,x3d_m,slowfast_r50,c3d) or 'none'")
+    p.add_argument("--layers", metavar="MODELS",
+                   help="time every distinct fused layer of these models: comma-separated, 'all' "
+                   "or 'none'. Giving only one of --models/--layers leaves the other empty; "
+                   "giving neither runs the default workload")
+    p.add_argument("--dtype", help="comma-separated dtypes (default: float32,bfloat16 on CPU; "
+                   "bfloat16,float16,float32 on GPU)")
+    p.add_argument("--mode", default="fwd",
+                   help="comma-separated: fwd (eval forward), bwd (backward alone, train-mode BN), "
+                   "train (forward+backward+SGD step); default fwd")
     p.add_argument(
         "--providers",
-        help="comma-separated; models: eager, conv-only, videoconv, compile (inductor, freezing), openvino "
-        "(default eager,videoconv); layers: eager, conv-only, videoconv, compile (default all)",
+        help="comma-separated: eager, eager-ncdhw, conv-only, compile, compile-max-autotune, "
+        "openvino, videoconv (automatic backend), videoconv-<backend>. Default: eager, "
+        "eager-ncdhw, compile, videoconv-<each backend that can run here>, openvino (CPU, when "
+        "installed)",
     )
-    p.add_argument(
-        "--layers",
-        metavar="MODELS",
-        help="time every distinct fused layer of these models (comma-separated, or 'default' "
-        "for r3d_18,r2plus1d_18,x3d_s) instead of whole models",
-    )
-    p.add_argument("--max-layers", type=int, help="with --layers: the first N distinct layers per model")
+    p.add_argument("--max-layers", type=int, help="the first N distinct layers per model")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--device", help="cpu or cuda (default: cuda if present)")
-    p.add_argument("--smoke", action="store_true", help="tiny clips and short timing (for CI)")
-    p.add_argument("--min-run-time", type=float, default=1.0, help="seconds per measurement")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny clips, one model, short timing: proves the suite runs (CI)")
+    p.add_argument("--min-run-time", type=float, default=0.5, help="seconds per measurement")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     p.add_argument("--json", help="write the rows as JSON here")
-    p.add_argument("--markdown", help="write a Markdown table here")
-    p.add_argument("--output-dir", help="write zoo_<device> (or layers_<device>) .json and .md here")
+    p.add_argument("--markdown", help="write the Markdown report here")
+    p.add_argument("--plot", metavar="PREFIX", help="write PREFIX_speedup.png and PREFIX_roofline.png")
+    p.add_argument("--output-dir", help="write NAME_<device>.json, .md and the plots here")
+    p.add_argument("--output-name", default="bench", help="NAME for --output-dir (default bench)")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser(

@@ -36,6 +36,14 @@ The variants (:func:`layer_cost` lists every pass with its bytes):
   :attr:`LayerCost.bytes_fused_per_conv` is the middle ground (two ``conv3d_bn_act`` kernels:
   the intermediate is written once and read once).
 
+Backward and training step (the bench's ``--mode bwd|train``): the backward of a layer computes
+the input gradient and the weight gradient, each a convolution of the forward's size, so it
+needs twice the forward's FLOPs; and it must read every tensor the forward touched (or its
+gradient) once and write the gradient of each once, i.e. twice the forward's compulsory bytes.
+A training step is forward plus backward. :data:`MODE_FACTOR` holds these multipliers (the
+optimizer's per-parameter traffic is not counted); both FLOPs and bytes scale by the same
+factor, so the bound does too.
+
 :func:`roofline_time` turns a cost into lower-bound times on a :class:`DeviceSpec`;
 ``fusion_headroom = bound(unfused) / bound(fused)`` is the most that fusion can win on an ideal
 machine (1.0 when both are compute-bound). :func:`achieved` turns a measured time into TFLOP/s,
@@ -67,6 +75,7 @@ from .shapes import conv_output_shape
 __all__ = [
     "DeviceSpec",
     "DATASHEET_SPECS",
+    "MODE_FACTOR",
     "device_spec",
     "cpu_spec",
     "measure_cpu_spec",
@@ -94,6 +103,9 @@ _DTYPE_NAMES = {
 }
 _ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16",
             "half": "float16", "fp64": "float64", "double": "float64"}
+#: FLOPs and compulsory bytes of each benchmark mode, in units of the forward's (see above).
+MODE_FACTOR = {"fwd": 1, "bwd": 2, "train": 3}
+
 _ELEMENT_SIZE = {"float32": 4, "tf32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 
 

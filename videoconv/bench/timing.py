@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["Timing", "time_callable"]
+__all__ = ["Timing", "time_callable", "peak_memory_bytes"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,3 +55,38 @@ def time_callable(
     return Timing(
         1e3 * measurement.median, quantile(0.2), quantile(0.8), runs=len(times) * measurement.number_per_run
     )
+
+
+def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Bytes one call of ``fn`` allocates at its peak, above what was allocated before it.
+
+    CUDA: the caching allocator's peak counter. CPU has no such counter, so the call runs once
+    under the profiler with ``profile_memory=True`` and the allocation (+) and free (-) events
+    are summed in time order; the peak of that running sum is the answer. Only allocations
+    made through torch's allocator are seen (oneDNN's scratchpad and other libraries' own
+    buffers are not). The result is dropped inside the measurement, as in a timed call.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return max(0, torch.cuda.max_memory_allocated(device) - before)
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # Allocations and frees are reported on the op that made them (self_cpu_memory_usage > 0 or
+    # < 0; "[memory]" when no op was running); parents repeat their children's usage, so only
+    # the self figures are summed. An op's allocation is placed at its start and its frees at
+    # its end (a compiled graph frees its buffers inside one long event), which can only
+    # overstate the peak, never miss it.
+    events = sorted((e.time_range.start if e.self_cpu_memory_usage > 0 else e.time_range.end,
+                     e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage)
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    return peak

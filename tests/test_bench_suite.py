@@ -1,0 +1,178 @@
+"""The benchmark suite (videoconv.bench): every provider of a workload computes the same
+function as the float64 eager chain, in each mode; the report, JSON and plots are complete.
+Nothing here times anything: speed is what `videoconv bench` measures, not what tests assert."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from videoconv.bench import providers as prov
+from videoconv.bench.suite import FULL_MODELS, layer_workloads, model_workload
+from videoconv.bench.timing import peak_memory_bytes
+
+
+@pytest.fixture(scope="module")
+def r3d_layers():
+    # tiny clips: the first layers of r3d_18 (stem, a 3x3x3 layer, one with a residual)
+    return layer_workloads("r3d_18", smoke=True, max_layers=3)
+
+
+def _run(provider, wl, dtype, mode, seed=0):
+    torch.manual_seed(seed)
+    prepared = prov.prepare(provider, wl, dtype, torch.device("cpu"), mode)
+    fn = prov.runner(prepared, mode, wl.level)
+    out = fn()
+    return prepared, out
+
+
+@pytest.mark.parametrize("provider", ["eager-ncdhw", "videoconv", "videoconv-cpu", "videoconv-reference",
+                                      "compile", "openvino"])
+def test_every_provider_computes_the_eager_function(r3d_layers, provider):
+    if provider == "openvino":
+        pytest.importorskip("openvino")
+    for wl in r3d_layers:
+        _, expected = _run("eager", wl, torch.float64, "fwd")
+        if provider == "openvino":  # float32 only (its own runtime)
+            _, got = _run(provider, wl, torch.float32, "fwd")
+            got = torch.from_numpy(next(iter(got.values())))
+            torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-4)
+            continue
+        _, got = _run(provider, wl, torch.float32, "fwd")
+        torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-4)
+        if provider != "compile":  # inductor picks its own output layout
+            layout = torch.contiguous_format if provider == "eager-ncdhw" else torch.channels_last_3d
+            assert got.is_contiguous(memory_format=layout)
+
+
+def test_conv_only_drops_bn_and_activation(r3d_layers):
+    wl = r3d_layers[0]
+    prepared, got = _run("conv-only", wl, torch.float64, "fwd")
+    conv = wl.fused._get("conv").double()
+    torch.testing.assert_close(got, conv(prepared.inputs[0]))
+
+
+# the cpu backend runs float32/bfloat16 only: it is checked in float32 against float64
+@pytest.mark.parametrize("provider,dtype,tol", [
+    ("videoconv-reference", torch.float64, 1e-7), ("eager-ncdhw", torch.float64, 1e-7),
+    ("videoconv-cpu", torch.float32, 2e-3)])
+def test_backward_mode_gives_the_eager_gradients(r3d_layers, provider, dtype, tol):
+    for wl in r3d_layers:
+        _, expected = _run("eager", wl, torch.float64, "bwd")
+        _, got = _run(provider, wl, dtype, "bwd")
+        # parameters (conv weight, BN weight and bias) then the input (and residual)
+        assert len(got) == len(expected) == 3 + len(wl.input_shapes)
+        for g, e in zip(got, expected):
+            scale = e.abs().max().item()
+            torch.testing.assert_close(g.double(), e, rtol=tol, atol=tol * scale)
+
+
+@pytest.mark.parametrize("provider,dtype,tol", [
+    ("videoconv-reference", torch.float64, 1e-9), ("videoconv-cpu", torch.float32, 1e-4)])
+def test_train_mode_takes_the_same_step(r3d_layers, provider, dtype, tol):
+    wl = r3d_layers[1]
+    eager, _ = _run("eager", wl, torch.float64, "train")
+    fused, _ = _run(provider, wl, dtype, "train")
+    start = [p.detach().double() for p in wl.fused.parameters()]
+    for a, b in zip(eager.parameters, fused.parameters):
+        torch.testing.assert_close(b.double(), a, rtol=tol, atol=tol)
+    assert any(not torch.equal(a, p0) for a, p0 in zip(eager.parameters, start)), "no step was taken"
+
+
+def test_openvino_and_unavailable_backends_are_reported_not_run(r3d_layers):
+    wl = r3d_layers[0]
+    with pytest.raises(prov.ProviderUnavailable, match="inference runtime"):
+        prov.prepare("openvino", wl, torch.float32, torch.device("cpu"), "train")
+    with pytest.raises(prov.ProviderUnavailable, match="cannot run here"):
+        prov.prepare("videoconv-cuda", wl, torch.float32, torch.device("cpu"), "fwd")
+    with pytest.raises(ValueError, match="unknown provider 'cudnn'"):
+        prov.prepare("cudnn", wl, torch.float32, torch.device("cpu"), "fwd")
+    with pytest.raises(ValueError, match="unknown mode 'inference'"):
+        prov.prepare("eager", wl, torch.float32, torch.device("cpu"), "inference")
+
+
+def test_default_providers_on_cpu():
+    names = prov.default_providers(torch.device("cpu"))
+    assert names[:3] == ("eager", "eager-ncdhw", "compile")
+    assert "videoconv-cpu" in names and "videoconv-reference" in names
+    assert "videoconv-cuda" not in names  # cannot run without a GPU
+
+
+def test_model_workload_roofline_counts_every_conv_layer():
+    wl = model_workload("r3d_18", smoke=True)
+    assert wl.level == "model" and wl.input_shapes == [(1, 3, 8, 32, 32)]
+    conv_macs = sum(layer.macs * count for layer, count in wl.layers)
+    head = 512 * 400  # the fc layer is the only non-conv MAC
+    assert conv_macs + head == wl.macs
+
+
+def test_peak_memory_counts_what_a_call_allocates():
+    n = 1 << 20
+
+    def two_buffers():
+        a = torch.ones(n)  # 4 MiB
+        b = a * 2  # another 4 MiB while a is alive
+        return b.sum()
+
+    peak = peak_memory_bytes(two_buffers, torch.device("cpu"))
+    assert 8 * n <= peak <= 8 * n + 4096
+    assert peak_memory_bytes(lambda: None, torch.device("cpu")) == 0
+
+
+def test_cli_bench_models_layers_modes_json_markdown_plots(tmp_path):
+    pytest.importorskip("matplotlib")
+    result = subprocess.run(
+        [sys.executable, "-m", "videoconv", "bench", "--smoke", "--layers", "r3d_18", "--max-layers",
+         "2", "--models", "r3d_18", "--dtype", "float32", "--mode", "fwd,train",
+         "--providers", "eager,eager-ncdhw,videoconv-cpu", "--output-dir", str(tmp_path),
+         "--output-name", "run", "--no-progress"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads((tmp_path / "run_cpu.json").read_text())
+    rows = data["rows"]
+    assert {r["level"] for r in rows} == {"layer", "model"}
+    assert {r["mode"] for r in rows} == {"fwd", "train"}
+    assert {r["provider"] for r in rows} == {"eager", "eager-ncdhw", "videoconv-cpu"}
+    # 2 layers + 1 model, 2 modes, 3 providers
+    assert len(rows) == 3 * 2 * 3
+    for r in rows:
+        for key in ("provider", "workload", "dtype", "device", "median_ms", "speedup_vs_eager",
+                    "p20_ms", "p80_ms", "tflops", "gbs", "pct_of_roofline", "peak_mem_mb"):
+            assert r[key] is not None, key
+        assert r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
+        if r["provider"] == "eager":
+            assert r["speedup_vs_eager"] == 1.0
+    env = data["environment"]
+    for key in ("device", "torch", "triton", "git_revision", "command", "roofline"):
+        assert env[key], key
+    assert "--output-name run" in env["command"]
+    md = (tmp_path / "run_cpu.md").read_text()
+    assert "## Whole models" in md and "## Layers, traced from the zoo" in md
+    for png in ("run_cpu_speedup.png", "run_cpu_roofline.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--providers", "eager,cudnn"], "unknown provider 'cudnn'"),
+    (["--mode", "inference"], "unknown mode 'inference'"),
+    (["--models", "resnet50"], "unknown model 'resnet50'"),
+    (["--dtype", "int8"], "unknown dtype 'int8'"),
+])
+def test_cli_bench_rejects_bad_options(args, message):
+    result = subprocess.run([sys.executable, "-m", "videoconv", "bench", "--smoke", "--no-progress"] + args,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_all_means_the_five_models_of_the_suite():
+    from videoconv.cli import _names
+
+    assert _names("all", "models") == FULL_MODELS == ("r3d_18", "r2plus1d_18", "x3d_m", "slowfast_r50", "c3d")
+    assert _names("none", "layers") == ()
+    assert _names(None, "layers") is None

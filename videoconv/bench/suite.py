@@ -1,0 +1,312 @@
+"""``videoconv bench``: layers and whole models, every provider, one run.
+
+Workloads are traced from the zoo (:func:`videoconv.bench.layers.trace_layers` for layers;
+each model at its standard clip for models), never typed by hand. For each workload, dtype and
+mode, every provider is timed back to back, so the speedups in one row group are ratios taken in
+the same run (:mod:`videoconv.bench.providers` says what each provider and mode is).
+
+Per row: median and 20/80-percentile time, TFLOP/s, effective GB/s and % of the roofline of
+this device (:mod:`videoconv.analysis.roofline`: datasheet peaks on known GPUs, a measured GEMM
+and copy on a CPU), speedup vs ``eager``, and the peak memory one call allocates. The result
+carries the device, the versions and the exact command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from .. import models as zoo
+from . import providers as prov
+from .environment import environment
+from .timing import peak_memory_bytes, time_callable
+
+__all__ = ["Row", "run_benchmark", "default_workloads", "DTYPES", "FULL_MODELS",
+           "model_workload", "layer_workloads", "save"]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+#: The models whose layers and end-to-end forward the suite covers (`--layers all`, `--models all`).
+FULL_MODELS = ("r3d_18", "r2plus1d_18", "x3d_m", "slowfast_r50", "c3d")
+
+
+def default_workloads(device: torch.device) -> Dict[str, object]:
+    """What ``videoconv bench`` runs with no options: about ten minutes on the device present.
+
+    CPU (2 cores here): the distinct layers of r3d_18 and r2plus1d_18 (33 workloads) and the
+    whole r2plus1d_18, r3d_18 and x3d_s, in float32 and bfloat16, forward. On a GPU everything
+    is ~100x faster, so the full set: the layers and models of :data:`FULL_MODELS`, bfloat16 and
+    float16 (float32 convs are TF32 there, see ``videoconv.analysis.roofline.math_dtype``)."""
+    if device.type == "cuda":
+        return dict(layers=FULL_MODELS, models=FULL_MODELS, dtypes=("bfloat16", "float16", "float32"))
+    return dict(layers=("r3d_18", "r2plus1d_18"), models=("r2plus1d_18", "r3d_18", "x3d_s"),
+                dtypes=("float32", "bfloat16"))
+
+
+@dataclasses.dataclass
+class Row:
+    level: str  # "layer" or "model"
+    provider: str
+    workload: str
+    model: str
+    kind: str
+    count: int
+    mode: str
+    input_shape: List[int]
+    dtype: str
+    device: str
+    gmacs: float
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+    tflops: float
+    #: minimal bytes of the workload (fused, roofline model) / measured time
+    gbs: Optional[float]
+    #: the workload's roofline bound on this device (fused, minimal traffic) / measured time
+    pct_of_roofline: Optional[float]
+    #: roofline bound of the unfused chain / of the fused one: what fusion can win at most
+    roofline_headroom: Optional[float]
+    #: bytes allocated by one call above what was allocated before it (torch's allocator;
+    #: None where the provider allocates elsewhere, e.g. OpenVINO)
+    peak_mem_mb: Optional[float]
+    setup_s: float
+    speedup_vs_eager: Optional[float] = None
+    #: eager / conv-only of this workload (when conv-only ran): the most epilogue fusion can win
+    fusion_bound: Optional[float] = None
+
+
+# ---------------------------------------------------------------------------------------------
+# workloads
+
+
+def layer_workloads(model: str, smoke: bool = False, batch: int = 1,
+                    max_layers: Optional[int] = None) -> List[prov.Workload]:
+    from .layers import _ChainModule, trace_layers
+
+    spec = zoo.get_model_spec(model)
+    out = []
+    traced = trace_layers(model, spec.test_input_shape if smoke else None, batch)
+    for wl in traced[:max_layers]:
+        shapes = [tuple(wl.input_shape)] + ([tuple(wl.output_shape)] if wl.residual else [])
+        out.append(prov.Workload(level="layer", label=wl.label, model=model, kind=wl.kind,
+                                 count=wl.count, input_shapes=shapes, macs=wl.macs,
+                                 eager=_ChainModule(wl.module).eval(), layers=[(wl, 1)],
+                                 fused=wl.module))
+    return out
+
+
+def model_workload(model: str, smoke: bool = False, batch: int = 1) -> prov.Workload:
+    from ..analysis import count_flops
+    from .layers import trace_layers
+
+    spec = zoo.get_model_spec(model)
+    shape = (batch,) + tuple(spec.test_input_shape if smoke else spec.input_shape)
+    torch.manual_seed(0)
+    reference = zoo.get_model(model).eval()
+    # the fused layers of the model, for its roofline (other ops, pooling and the head, are
+    # not counted: the bound is that of its convolution layers)
+    layers = [(wl, wl.count) for wl in trace_layers(model, shape[1:], batch)]
+    return prov.Workload(level="model", label=f"{model} @{'x'.join(map(str, shape))}", model=model,
+                         kind="model", count=1, input_shapes=[shape],
+                         macs=count_flops(reference, shape).total_macs, eager=reference, layers=layers)
+
+
+# ---------------------------------------------------------------------------------------------
+# the roofline of a workload
+
+
+def _roofline(wl: prov.Workload, dt: str, mode: str, limits, device):
+    """(minimal bytes, bound seconds fused, bound seconds unfused) of ``wl`` in ``mode``."""
+    from ..analysis import roofline
+
+    if not wl.layers:
+        return None
+    math_dt = roofline.math_dtype(dt, device)
+    factor = roofline.MODE_FACTOR[mode]
+    nbytes = fused = unfused = 0.0
+    for layer, count in wl.layers:
+        cost = roofline.layer_cost(layer, dt)
+        bounds = roofline.roofline_time(cost, limits, math_dt)
+        nbytes += count * cost.bytes_fused
+        fused += count * bounds.fused_s
+        unfused += count * bounds.unfused_s
+    return factor * nbytes, factor * fused, factor * unfused
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+class _Progress:
+    """A tqdm bar on a terminal; one line per step otherwise (CI logs); nothing when quiet."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.bar = None
+        self.enabled = enabled
+        if enabled and sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, unit="run", file=sys.stderr, dynamic_ncols=True)
+            except ImportError:
+                pass
+
+    def step(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description_str(message[:70])
+        elif self.enabled:
+            print(f"  timing {message} ...", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_benchmark(
+    layers: Sequence[str] = (),
+    models: Sequence[str] = (),
+    dtypes: Sequence[str] = ("float32", "bfloat16"),
+    modes: Sequence[str] = ("fwd",),
+    providers: Optional[Sequence[str]] = None,
+    batch: int = 1,
+    device: Optional[torch.device] = None,
+    smoke: bool = False,
+    min_run_time: float = 0.5,
+    max_layers: Optional[int] = None,
+    progress: bool = True,
+    measure_memory: bool = True,
+) -> Dict[str, object]:
+    """Time ``providers`` on the layers of ``layers`` and on the whole ``models``.
+
+    Returns ``{"environment", "rows", "skipped"}`` (rows as dicts of :class:`Row`)."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    for dt in dtypes:
+        if dt not in DTYPES:
+            raise ValueError(f"unknown dtype {dt!r}; choose from {', '.join(DTYPES)}")
+    for mode in modes:
+        if mode not in prov.MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(prov.MODES)}")
+    for name in tuple(layers) + tuple(models):
+        zoo.get_model_spec(name)  # unknown names fail before any timing
+    providers = tuple(providers) if providers else prov.default_providers(device)
+    for p in providers:
+        prov.check_provider(p)
+    if "eager" not in providers:
+        providers = ("eager",) + providers  # every speedup is relative to eager
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # the eager baseline at its best: cuDNN autotuned
+
+    from ..analysis import roofline
+
+    env = environment(device)
+    limits = roofline.device_spec(device)  # datasheet on known GPUs; measured on a CPU
+    env["roofline"] = limits.to_dict()
+    env["modes"] = list(modes)
+
+    workloads: List[prov.Workload] = []
+    for name in layers:
+        workloads += layer_workloads(name, smoke, batch, max_layers)
+    for name in models:
+        workloads.append(model_workload(name, smoke, batch))
+
+    bar = _Progress(len(workloads) * len(dtypes) * len(modes) * len(providers), progress)
+    rows: List[Row] = []
+    skipped: List[str] = []
+    try:
+        for wl in workloads:
+            for dt in dtypes:
+                for mode in modes:
+                    rows += _time_group(wl, dt, mode, providers, device, env, limits, smoke,
+                                        min_run_time, bar, skipped, measure_memory)
+    finally:
+        bar.close()
+    return {"environment": env, "rows": [dataclasses.asdict(r) for r in rows], "skipped": skipped}
+
+
+def _time_group(wl, dt, mode, providers, device, env, limits, smoke, min_run_time, bar,
+                skipped, measure_memory) -> List[Row]:
+    """Every provider on one (workload, dtype, mode), back to back."""
+    from ..analysis import roofline
+
+    dtype = DTYPES[dt]
+    bound = _roofline(wl, dt, mode, limits, device)
+    flops = roofline.MODE_FACTOR[mode] * 2 * wl.macs
+    rows: List[Row] = []
+    times: Dict[str, float] = {}
+    for p in providers:
+        bar.step(f"{wl.label} {dt} {mode} {p}")
+        start = time.perf_counter()
+        try:
+            prepared = prov.prepare(p, wl, dtype, device, mode)
+            fn = prov.runner(prepared, mode, wl.level)
+            fn()  # first call outside the measurement: compile, oneDNN primitives, weight packing
+        except prov.ProviderUnavailable as exc:
+            skipped.append(f"{p} on {wl.label} {dt} {mode}: {exc}")
+            bar.done()
+            continue
+        except Exception as exc:  # a provider that fails is reported, not fatal to the run
+            skipped.append(f"{p} on {wl.label} {dt} {mode}: {type(exc).__name__}: {exc}")
+            bar.done()
+            continue
+        setup_s = time.perf_counter() - start
+        t = time_callable(fn, device, min_run_time=0.02 if smoke else min_run_time,
+                          min_runs=1 if smoke else 5)
+        peak = None
+        if measure_memory and p != "openvino":
+            peak = peak_memory_bytes(fn, device) / 2**20
+        times[p] = t.median_ms
+        seconds = t.median_ms * 1e-3
+        rows.append(Row(
+            level=wl.level, provider=p, workload=wl.label, model=wl.model, kind=wl.kind,
+            count=wl.count, mode=mode, input_shape=list(wl.input_shapes[0]), dtype=dt,
+            device=env["device"], gmacs=wl.macs / 1e9, median_ms=t.median_ms, p20_ms=t.p20_ms,
+            p80_ms=t.p80_ms, tflops=flops / seconds / 1e12,
+            gbs=None if bound is None else bound[0] / seconds / 1e9,
+            pct_of_roofline=None if bound is None else 100.0 * bound[1] / seconds,
+            roofline_headroom=None if bound is None else bound[2] / bound[1],
+            peak_mem_mb=peak, setup_s=setup_s,
+            speedup_vs_eager=times["eager"] / t.median_ms if "eager" in times else None,
+        ))
+        del prepared, fn
+        bar.done()
+    if "eager" in times and "conv-only" in times:
+        for row in rows:
+            row.fusion_bound = times["eager"] / times["conv-only"]
+    return rows
+
+
+def save(result: Dict[str, object], json_path: Optional[str] = None,
+         markdown_path: Optional[str] = None, plot_prefix: Optional[str] = None) -> List[str]:
+    """Write the JSON, the Markdown report and the plots; returns the paths written."""
+    from .report import to_markdown
+
+    written = []
+    for path in (json_path, markdown_path, plot_prefix):
+        if path and os.path.dirname(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+        written.append(json_path)
+    if markdown_path:
+        with open(markdown_path, "w") as f:
+            f.write(to_markdown(result))
+        written.append(markdown_path)
+    if plot_prefix:
+        from .plots import plot_result
+
+        written += plot_result(result, plot_prefix)
+    return written
