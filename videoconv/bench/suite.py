@@ -232,7 +232,10 @@ def run_benchmark(
                                         min_run_time, bar, skipped, measure_memory)
     finally:
         bar.close()
-    return {"environment": env, "rows": [dataclasses.asdict(r) for r in rows], "skipped": skipped}
+    # Every row carries what it was measured with, so a row copied out of the file still says so.
+    stamp = {k: env.get(k) for k in ("torch", "triton", "cuda", "cudnn", "git_revision", "command", "date")}
+    return {"environment": env, "rows": [dict(dataclasses.asdict(r), **stamp) for r in rows],
+            "skipped": skipped}
 
 
 def _time_group(wl, dt, mode, providers, device, env, limits, smoke, min_run_time, bar,
