@@ -145,6 +145,7 @@ def test_cli_bench_models_layers_modes_json_markdown_plots(tmp_path):
                     "p20_ms", "p80_ms", "tflops", "gbs", "pct_of_roofline", "peak_mem_mb"):
             assert r[key] is not None, key
         assert r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
+        assert r["torch"] == torch.__version__ and "--output-name run" in r["command"] and r["git_revision"]
         if r["provider"] == "eager":
             assert r["speedup_vs_eager"] == 1.0
     env = data["environment"]
