@@ -67,6 +67,15 @@ TORCH_LIBRARY(videoconv, m) {
   m.def(
       "_conv3d_input_weight_grad(Tensor grad_z, Tensor input, Tensor weight, int[3] stride, "
       "int[3] padding, int[3] dilation, int groups, bool[2] output_mask) -> (Tensor, Tensor)");
+  // Training-mode BatchNorm's input statistics from the convolution: returns (out, mean, var),
+  // out = conv3d(input, weight) in the input's dtype and layout, and the float64 per-channel
+  // mean and biased variance of out (over N, D, H, W; the values as returned, after rounding to
+  // the input dtype). Each backend reduces per tile to (sum, centred sum of squares) and merges
+  // the tiles in a fixed order in float64 (Chan et al.): deterministic, and no cancellation
+  // when |mean| >> std. See videoconv/ops/conv3d_bn_stats.py.
+  m.def(
+      "conv3d_bn_stats(Tensor input, Tensor weight, int[3] stride, int[3] padding, "
+      "int[3] dilation, int groups) -> (Tensor, Tensor, Tensor)");
   m.def("_build_info() -> str", &build_info);
 }
 

@@ -284,46 +284,64 @@ def test_inplace_and_backend():
 def _train_step_matches(model, x):
     """One training step of the fused model equals the original's.
 
-    Outputs are compared directly. Gradients and the running statistics after the step are
-    compared with a float64 run of the same step: a fused backend may round differently from eager (the cpu backend
-    folds and packs weights for oneDNN), and some of these gradients are ill-conditioned
-    (x3d_s's first conv: eager float32 itself is ~13% off float64 there), so "equal to eager"
-    would test rounding luck. The fused gradient must be as close to float64 as eager's is.
+    In float64 (fused modules on the reference backend, eager on ATen): outputs, every
+    parameter's gradient, the running statistics and num_batches_tracked agree to float64
+    rounding. That is the equality: the same function and the same derivative, wiring included.
+
+    In float32 the fused training path rounds differently from eager (statistics summed in
+    another order, in float64; BN applied as one multiply-add), and these tiny-input networks
+    are ill-conditioned: the last BatchNorms see few values per channel (two at 16x16, where
+    eager float32 itself is ~40% off float64 at r2plus1d_18's output), and a single ReLU input
+    within rounding of zero (one, measured, in r2plus1d_18 at 32x32) moves every gradient below
+    it by ~1.5%; eager float32 is ~13% off float64 on x3d_s's first conv gradient. So the
+    float32 results are judged against the float64 run: outputs and running statistics as close
+    to it as eager's; gradients within twice eager's error plus 3% of the gradient.
     """
     model.train()
     fused = videoconv.fuse(model)
     fused.train()
     ref = copy.deepcopy(model)
     exact = copy.deepcopy(model).double()
-    y_ref, y, y_exact = ref(x), fused(x), exact(x.double())
-    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    exact_fused = videoconv.fuse(copy.deepcopy(model).double())
+    exact_fused.train()
+    y_ref, y, y_exact, y_exact_fused = ref(x), fused(x), exact(x.double()), exact_fused(x.double())
+    torch.testing.assert_close(y_exact_fused, y_exact, rtol=1e-9, atol=1e-9)
+    eager_error = (y_ref.double() - y_exact).abs().max()
+    fused_error = (y.double() - y_exact).abs().max()
+    assert fused_error <= 2 * eager_error + 1e-5 * y_exact.abs().max(), (fused_error, eager_error)
     g = torch.randn_like(y)
     y_ref.backward(g)
     y.backward(g)
     y_exact.backward(g.double())
+    y_exact_fused.backward(g.double())
     ref_sd, sd = ref.state_dict(keep_vars=True), fused.state_dict(keep_vars=True)
-    exact_sd = exact.state_dict(keep_vars=True)
-    assert list(ref_sd) == list(sd)
+    exact_sd, exact_fused_sd = exact.state_dict(keep_vars=True), exact_fused.state_dict(keep_vars=True)
+    assert list(ref_sd) == list(sd) == list(exact_fused_sd)
     for k in ref_sd:
         a, b = sd[k], ref_sd[k]
         if isinstance(b, nn.Parameter):
             truth = exact_sd[k].grad
+            torch.testing.assert_close(exact_fused_sd[k].grad, truth, rtol=1e-8,
+                                       atol=1e-8 * truth.abs().max().item() + 1e-12, msg=k)
             eager_error = (b.grad.double() - truth).norm()
             fused_error = (a.grad.double() - truth).norm()
-            assert fused_error <= 2 * eager_error + 1e-6 * truth.norm(), (k, fused_error, eager_error)
+            assert fused_error <= 2 * eager_error + 3e-2 * truth.norm(), (k, fused_error, eager_error)
         elif b.is_floating_point():  # running statistics after one step: same principle
             truth = exact_sd[k]
+            torch.testing.assert_close(exact_fused_sd[k], truth, rtol=1e-10, atol=1e-10, msg=k)
             eager_error = (b.double() - truth).abs().max()
             fused_error = (a.double() - truth).abs().max()
             assert fused_error <= 2 * eager_error + 1e-6 * truth.abs().max(), (k, fused_error,
                                                                                  eager_error)
         else:  # num_batches_tracked
-            assert torch.equal(a, b), k
+            assert torch.equal(a, b) and torch.equal(exact_fused_sd[k], b), k
 
 
 def test_train_step_r2plus1d_18():
+    # 32x32, not 16x16: at 16x16 the last stage's BatchNorms see two values per channel, which
+    # amplifies even float64 rounding to ~1e-7 at the output (see _train_step_matches)
     model = randomise_batch_norm(models.get_model("r2plus1d_18", num_classes=10), seed=5)
-    _train_step_matches(model, torch.randn(2, 3, 4, 16, 16))
+    _train_step_matches(model, torch.randn(2, 3, 4, 32, 32))
 
 
 def test_train_step_x3d_s():

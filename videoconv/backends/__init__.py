@@ -40,7 +40,7 @@ __all__ = [
 
 #: The operators every backend implements (names of ``torch.ops.videoconv.*`` and of the
 #: backend methods that run them).
-OPS = ("conv3d_bn_act", "conv2plus1d_bn_act")
+OPS = ("conv3d_bn_act", "conv2plus1d_bn_act", "conv3d_bn_stats")
 
 
 class NotSupportedError(RuntimeError):
@@ -172,6 +172,13 @@ class Backend:
                            activation, temporal_first, residual):
         raise NotImplementedError(f"backend {cls.name!r} does not implement conv2plus1d_bn_act")
 
+    @classmethod
+    def conv3d_bn_stats(cls, *, input, weight, stride, padding, dilation, groups):
+        """``(out, mean, var)``: the convolution in the input's layout and the float64 mean and
+        biased variance of ``out`` per channel (see videoconv/ops/conv3d_bn_stats.py for the
+        numerics every backend must meet: per-tile centred sums, fixed-order float64 merge)."""
+        raise NotImplementedError(f"backend {cls.name!r} does not implement conv3d_bn_stats")
+
 
 class ReferenceBackend(Backend):
     name = "reference"
@@ -189,6 +196,12 @@ class ReferenceBackend(Backend):
         from . import reference
 
         return reference.conv2plus1d_bn_act(**inputs)
+
+    @classmethod
+    def conv3d_bn_stats(cls, **inputs):
+        from . import reference
+
+        return reference.conv3d_bn_stats(**inputs)
 
 
 #: Backends in the order automatic selection tries them (fastest first; reference last).

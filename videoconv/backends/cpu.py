@@ -10,6 +10,16 @@ oneDNN and the silu in ATen (float32 for bfloat16, rounded once).
 The folded weight is reordered into oneDNN's blocked layout once and cached (see
 :class:`_PackCache`): repacking on every call would cost about as much as the gain.
 
+``conv3d_bn_stats`` (training-mode BatchNorm, see videoconv/ops/conv3d_bn_stats.py) runs the
+same oneDNN convolution with an identity epilogue (the BN's scale/shift are not known before the
+statistics are; the weight is passed as it is, not prepacked: it changes every training step),
+then one pass over the output that reduces it per channel:
+``videoconv::_channel_stats_cpu`` (csrc/cpu/conv3d_bn_stats.cpp). That separate pass *is* the
+epilogue on the CPU: oneDNN's post-ops are element-wise (eltwise, binary, sum), it has no
+reduction post-op, and ``_convolution_pointwise`` exposes no hook into its JIT kernels' output
+tiles. The pass reads the output once (eager BatchNorm reads it twice for mean and variance before
+normalising), in fixed-size blocks that stay in cache while each is centred (see the C++ file).
+
 float32 and bfloat16 only (float16 convolutions fail on CPUs without AVX512-FP16/AMX-FP16; float64
 is the reference backend's job). The output has the input's memory format, as in every backend.
 """
@@ -184,6 +194,20 @@ def _conv(x, weight, scale, shift, stride, padding, dilation, groups, activation
     return y if out_format is False else y.contiguous(memory_format=out_format)
 
 
+_stats_kernel: Optional[bool] = None
+
+
+def _has_stats_kernel() -> bool:
+    # Asked on every call; the extension is loaded (or not) once, at import.
+    global _stats_kernel
+    if _stats_kernel is None:
+        try:
+            _stats_kernel = hasattr(torch.ops.videoconv, "_channel_stats_cpu")
+        except RuntimeError:
+            _stats_kernel = False
+    return _stats_kernel
+
+
 class CpuBackend(Backend):
     name = "cpu"
     devices = frozenset({"cpu"})
@@ -216,6 +240,9 @@ class CpuBackend(Backend):
         x = inputs.get("input")
         if isinstance(x, torch.Tensor) and x.dim() != 5:
             reasons.append(f"input must be 5-D (got {x.dim()}-D)")
+        if op_name == "conv3d_bn_stats" and not _has_stats_kernel():
+            reasons.append("the statistics pass videoconv::_channel_stats_cpu is missing (the "
+                           "videoconv._C extension is not loaded)")
         return reasons
 
     @classmethod
@@ -223,6 +250,21 @@ class CpuBackend(Backend):
                       activation, residual):
         return _conv(input, weight, scale, shift, stride, padding, dilation, groups, activation,
                      residual)
+
+    @classmethod
+    def conv3d_bn_stats(cls, *, input, weight, stride, padding, dilation, groups):
+        # The same oneDNN primitive with an identity epilogue ("none", no bias), given the
+        # weight as it is: in training the weight changes every step, so the eval path's
+        # fold-and-prepack cache would re-fold and re-pack on every call (three extra copies of
+        # the weight) and keep a stale packed copy of every weight alive. oneDNN reorders the
+        # plain weight internally, as eager's convolution does.
+        fmt = output_memory_format(input)
+        x = input.contiguous(memory_format=fmt)
+        z = torch.ops.mkldnn._convolution_pointwise(
+            x, weight, None, list(padding), list(stride), list(dilation), groups, "none", [], "")
+        z = z.contiguous(memory_format=fmt)
+        mean, var = torch.ops.videoconv._channel_stats_cpu(z)
+        return z, mean, var
 
     @classmethod
     def conv2plus1d_bn_act(cls, *, input, w1, scale1, shift1, w2, scale2, shift2, stride, padding,

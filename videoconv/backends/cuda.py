@@ -56,6 +56,10 @@ class CudaBackend(Backend):
     description = ("CUDA C++: CUTLASS implicit-GEMM conv3d with fused epilogue, direct depthwise "
                    "(forward, backward), one-kernel (2+1)D unit")
     dtypes = frozenset({torch.float32, torch.float16, torch.bfloat16})
+    # No CUDA C++ kernel for conv3d_bn_stats (training-mode BatchNorm) yet: on a GPU the triton
+    # backend runs it (statistics in the implicit-GEMM epilogue). The CUTLASS version would add
+    # an epilogue visitor reducing each output tile to per-channel partials, like the Triton one.
+    ops = frozenset({"conv3d_bn_act", "conv2plus1d_bn_act"})
 
     @classmethod
     def environment_reasons(cls) -> List[str]:
@@ -73,6 +77,9 @@ class CudaBackend(Backend):
 
     @classmethod
     def not_supported_reasons(cls, op_name: str, **inputs: Any) -> List[str]:
+        if op_name not in cls.ops:
+            return [f"no CUDA C++ kernel for {op_name} (training-mode BatchNorm statistics); the "
+                    "triton backend runs it on GPUs"]
         reasons = super().not_supported_reasons(op_name, **inputs)
         if reasons:
             return reasons

@@ -16,7 +16,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["conv3d_bn_act", "conv2plus1d_bn_act", "epilogue", "opmath_dtype", "split_2plus1d"]
+__all__ = ["conv3d_bn_act", "conv2plus1d_bn_act", "conv3d_bn_stats", "channel_stats", "epilogue",
+           "opmath_dtype", "split_2plus1d"]
 
 
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -121,3 +122,33 @@ def conv2plus1d_bn_act(
                       dilation=ones, groups=1, activation=activation, residual=None)
     return conv3d_bn_act(input=h, weight=w2, scale=scale2, shift=shift2, stride=s2, padding=p2,
                          dilation=ones, groups=1, activation=activation, residual=residual)
+
+
+def channel_stats(z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """float64 per-channel ``(mean, biased variance)`` of a 5-D tensor over N, D, H, W.
+
+    ``torch.var_mean`` of the float64 copy: no shortcut formula, so it is exact to float64
+    rounding whatever the mean (the oracle the other backends' tiled reductions are checked
+    against). Deterministic: ATen's CPU and CUDA reductions use no atomics.
+    """
+    var, mean = torch.var_mean(z.to(torch.float64), dim=(0, 2, 3, 4), correction=0)
+    return mean, var
+
+
+def conv3d_bn_stats(
+    *,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(out, mean, var)``: ``F.conv3d`` in the input dtype (as eager ``nn.Conv3d``), in the
+    input's layout, and the float64 statistics of that (rounded) output."""
+    from . import output_memory_format
+
+    z = F.conv3d(input, weight, None, list(stride), list(padding), list(dilation), groups)
+    z = z.contiguous(memory_format=output_memory_format(input))
+    mean, var = channel_stats(z)
+    return z, mean, var

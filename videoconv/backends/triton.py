@@ -4,6 +4,8 @@
   bandwidth-bound depthwise kernel; everything else (dense and grouped) to the implicit-GEMM
   kernel.
 * ``conv2plus1d_bn_act``: the one-kernel (2+1)D unit (the intermediate stays on chip).
+* ``conv3d_bn_stats``: the implicit-GEMM kernel with a statistics epilogue (every ``groups``,
+  depthwise included), videoconv/triton/conv3d_bn_stats.py.
 
 It runs on CUDA tensors. Without a GPU, with ``TRITON_INTERPRET=1`` set before videoconv is
 imported, it runs the same kernels on CPU tensors through Triton's interpreter: that is how the
@@ -44,8 +46,9 @@ def _is_depthwise(weight: torch.Tensor, groups: int) -> bool:
 class TritonBackend(Backend):
     name = "triton"
     devices = frozenset({"cuda", "cpu"})  # cpu: through the interpreter, when forced
-    description = ("Triton kernels: implicit-GEMM conv3d with fused epilogue, direct depthwise "
-                   "(forward and backward), one-kernel (2+1)D unit")
+    description = ("Triton kernels: implicit-GEMM conv3d with fused epilogue (or a batch-statistics "
+                   "epilogue for training), direct depthwise (forward and backward), one-kernel "
+                   "(2+1)D unit")
     dtypes = frozenset({torch.float32, torch.float16, torch.bfloat16})
 
     @classmethod
@@ -79,6 +82,8 @@ class TritonBackend(Backend):
             reasons += _kernels(module).not_supported_reasons(**inputs)
         elif op_name == "conv2plus1d_bn_act":
             reasons += _kernels("conv2plus1d_bn_act").not_supported_reasons(**inputs)
+        elif op_name == "conv3d_bn_stats":
+            reasons += _kernels("conv3d_bn_stats").not_supported_reasons(**inputs)
         return reasons
 
     @classmethod
@@ -96,6 +101,11 @@ class TritonBackend(Backend):
         return _kernels("conv2plus1d_bn_act").conv2plus1d_bn_act(
             input, w1, scale1, shift1, w2, scale2, shift2, stride, padding, activation,
             temporal_first, residual)
+
+    @classmethod
+    def conv3d_bn_stats(cls, *, input, weight, stride, padding, dilation, groups):
+        return _kernels("conv3d_bn_stats").conv3d_bn_stats(input, weight, stride, padding,
+                                                          dilation, groups)
 
     @classmethod
     def conv3d_input_weight_grad(cls, *, grad_z, input, weight, stride, padding, dilation, groups,

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops._validation import as_triple, canonical_activation
+from ..ops.conv3d_bn_act_train import conv3d_bn_act_train
 
 __all__ = ["activation_name", "apply_activation", "FusedModuleBase"]
 
@@ -158,19 +159,51 @@ class FusedModuleBase(nn.Module):
         self._fold_cache = (key, values)
         return values
 
-    def _conv_args(self, conv: nn.Module):
-        """``[stride], [padding], [dilation]`` of ``conv`` as the op's int lists, converted once
-        per distinct value (per-call conversion is a visible cost on small layers)."""
+    def _conv_args(self, conv: nn.Module, role: str = "conv"):
+        """``[stride], [padding], [dilation]`` of ``conv`` (the module in ``role``) as the op's
+        int lists, converted once per distinct value (per-call conversion is a visible cost on
+        small layers)."""
         key = (conv.stride, conv.padding, conv.dilation)
-        cached = self.__dict__.get("_conv_args_cache")
+        attr = f"_conv_args_cache_{role}"
+        cached = self.__dict__.get(attr)
         if cached is not None and cached[0] == key:
             return cached[1]
         name = "videoconv.nn"
         args = (list(as_triple(conv.stride, "stride", name)),
                 list(as_triple(conv.padding, "padding", name)),
                 list(as_triple(conv.dilation, "dilation", name)))
-        self.__dict__["_conv_args_cache"] = (key, args)
+        self.__dict__[attr] = (key, args)
         return args
+
+    # -- training-mode BatchNorm ----------------------------------------------------------
+
+    def _batch_stats(self, bn: Optional[nn.Module]) -> bool:
+        """Whether ``bn`` normalises with batch statistics in this call: in training mode, and
+        (as ``nn.BatchNorm3d``) in eval mode too when it keeps no running statistics."""
+        return bn is not None and (self.training or bn.running_mean is None
+                                   or bn.running_var is None)
+
+    def _conv_bn_train(self, x: Tensor, conv: nn.Module, bn: nn.Module, residual: Optional[Tensor],
+                       conv_args) -> Tensor:
+        """``act(bn(conv(x)) [+ residual])`` with ``bn`` normalising by batch statistics, on the
+        fused path (:func:`videoconv.ops.conv3d_bn_act_train`): the convolution's epilogue
+        gives the statistics, the running statistics are updated as ``nn.BatchNorm3d`` would
+        (only in training mode with ``track_running_stats``), normalisation and activation are
+        one element-wise step, and the backward is BatchNorm's analytic one."""
+        stride, padding, dilation = conv_args
+        track = self.training and bn.track_running_stats and bn.running_mean is not None
+        kwargs = dict(
+            bn_weight=bn.weight, bn_bias=bn.bias,
+            running_mean=bn.running_mean if track else None,
+            running_var=bn.running_var if track else None,
+            num_batches_tracked=bn.num_batches_tracked if track else None,
+            momentum=bn.momentum, eps=bn.eps, stride=stride, padding=padding,
+            dilation=dilation, groups=conv.groups, activation=self.activation,
+            residual=residual)
+        if self.backend is None:
+            return conv3d_bn_act_train(x, conv.weight, conv.bias, **kwargs)
+        with self._backend_context():
+            return conv3d_bn_act_train(x, conv.weight, conv.bias, **kwargs)
 
     def _backend_context(self):
         if self.backend is None:

@@ -6,11 +6,10 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from .. import ops
-from ._common import FusedModuleBase, activation_name, apply_activation
+from ._common import FusedModuleBase, activation_name
 from .conv3d_bn_act import check_bn_for_fusion, check_conv3d_for_fusion
 from .folding import fold_conv_bn
 
@@ -73,8 +72,12 @@ class Conv2Plus1dBNAct(FusedModuleBase):
 
     Spatial first (R(2+1)D: ``conv1`` is ``(1, kH, kW)``, ``conv2`` is ``(kT, 1, 1)``) or
     ``temporal_first``. Eval mode runs :func:`videoconv.ops.conv2plus1d_bn_act` with both
-    BatchNorms folded (cached as in :class:`Conv3dBNAct`); train mode runs the unfused chain
-    with both BatchNorm modules in training mode (batch statistics, running-stat updates).
+    BatchNorms folded (cached as in :class:`Conv3dBNAct`); train mode runs each stage (conv ->
+    BN -> act, the residual added in the second) on the fused training path of
+    :class:`Conv3dBNAct` (:func:`videoconv.ops.conv3d_bn_act_train`: statistics from the
+    convolution's epilogue, ``nn.BatchNorm3d``'s running-stat updates, analytic backward). The
+    intermediate is materialised between the stages: its BatchNorm needs the statistics of the
+    whole first convolution before the second can start.
 
     The original modules are submodules (default names ``conv1``, ``bn1``, ``conv2``, ``bn2``;
     :meth:`from_modules` takes other, possibly dotted, names: ``fuse()`` uses ``"0.0"``,
@@ -179,23 +182,27 @@ class Conv2Plus1dBNAct(FusedModuleBase):
 
     def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         conv1, bn1, conv2, bn2 = self.conv1, self.bn1, self.conv2, self.bn2
-        if self.training and (bn1 is not None or bn2 is not None):
+        if self._batch_stats(bn1) or self._batch_stats(bn2):
             self._forget_fold()
-            h = F.conv3d(x, conv1.weight, conv1.bias, conv1.stride, conv1.padding)
-            if bn1 is not None:
-                h = bn1(h)
-            h = apply_activation(h, self.activation)
-            y = F.conv3d(h, conv2.weight, conv2.bias, conv2.stride, conv2.padding)
-            if bn2 is not None:
-                y = bn2(y)
-            if residual is not None:
-                y = y + residual
-            return apply_activation(y, self.activation)
+            h = self._stage(x, conv1, bn1, None, "conv1")
+            return self._stage(h, conv2, bn2, residual, "conv2")
         scale1, shift1, scale2, shift2 = self.folded()
         with self._backend_context():
             return ops.conv2plus1d_bn_act(x, conv1.weight, scale1, shift1, conv2.weight, scale2,
                                           shift2, self.stride, self.padding, self.activation,
                                           self.temporal_first, residual)
+
+    def _stage(self, x: Tensor, conv: nn.Conv3d, bn: Optional[nn.BatchNorm3d],
+               residual: Optional[Tensor], role: str) -> Tensor:
+        """One conv -> BN -> act stage of the unit outside eval-mode folding: batch statistics
+        on the fused training path, else (no BatchNorm) the fused op with the fold."""
+        args = self._conv_args(conv, role)
+        if self._batch_stats(bn):
+            return self._conv_bn_train(x, conv, bn, residual, args)
+        scale, shift = fold_conv_bn(conv, bn)
+        with self._backend_context():
+            return ops.conv3d_bn_act(x, conv.weight, scale, shift, *args, conv.groups,
+                                     self.activation, residual)
 
     def extra_repr(self) -> str:
         s = (f"activation={self.activation!r}, temporal_first={self.temporal_first}, "

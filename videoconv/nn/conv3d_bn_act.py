@@ -6,11 +6,10 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from .. import ops
-from ._common import FusedModuleBase, activation_name, apply_activation
+from ._common import FusedModuleBase, activation_name
 from .folding import fold_conv_bn
 
 __all__ = ["Conv3dBNAct", "check_conv3d_for_fusion", "check_bn_for_fusion"]
@@ -42,9 +41,8 @@ def check_bn_for_fusion(bn, channels: int, what: str = "bn", conv: str = "conv")
             f"videoconv.nn: {what} has num_features={bn.num_features} but {conv} has "
             f"out_channels={channels}; they must match"
         )
-    if not bn.track_running_stats:
-        raise ValueError(f"videoconv.nn: {what} has track_running_stats=False: it normalises "
-                         "with batch statistics in eval mode too and cannot be folded")
+    # track_running_stats=False is accepted: such a BatchNorm normalises with batch statistics
+    # in eval mode too, which the modules run on the training path (never folded).
 
 
 class Conv3dBNAct(FusedModuleBase):
@@ -59,12 +57,18 @@ class Conv3dBNAct(FusedModuleBase):
     * **eval** (``module.eval()``): :func:`videoconv.ops.conv3d_bn_act` with the BatchNorm (and
       conv bias) folded into a per-channel ``scale``/``shift`` (:mod:`videoconv.nn.folding`),
       cached until a parameter or buffer changes (see :meth:`folded`).
-    * **train**: exactly the unfused chain — ``F.conv3d`` (what ``nn.Conv3d`` runs, so outputs
-      are bit-identical), then the BatchNorm3d module itself in training mode (batch statistics,
-      running-stat update with ``momentum`` or the cumulative average when ``momentum=None``,
-      unbiased running variance, ``num_batches_tracked``), then ``+ residual``, then the
-      activation. Without a BatchNorm, training runs the fused op (scale 1, shift = bias),
-      which has autograd.
+    * **train**: BatchNorm's training semantics on the fused path
+      (:func:`videoconv.ops.conv3d_bn_act_train`): ``videoconv.ops.conv3d_bn_stats`` computes
+      the convolution and, in its epilogue, the per-channel batch mean/variance (deterministic,
+      float64 merge); the running statistics are updated exactly as ``nn.BatchNorm3d`` does
+      (``momentum``, or the cumulative average when ``momentum=None``; unbiased running
+      variance; ``num_batches_tracked``; none with ``track_running_stats=False``); then
+      ``act(z * scale + shift [+ residual])`` is one element-wise step, and the backward is
+      BatchNorm's analytic one. Equal to the eager chain within rounding (not bit-identical:
+      the statistics are summed in another order). A BatchNorm with
+      ``track_running_stats=False`` uses batch statistics in eval mode too, as
+      ``nn.BatchNorm3d`` does. Without a BatchNorm, training runs the fused op (scale 1,
+      shift = bias), which has autograd.
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as
@@ -157,15 +161,11 @@ class Conv3dBNAct(FusedModuleBase):
 
     def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         conv, bn = self.conv, self.bn
-        if self.training and bn is not None:
-            # BatchNorm training semantics: the unfused chain, module by module.
+        if self._batch_stats(bn):
+            # BatchNorm training semantics (batch statistics, running-stat update) on the fused
+            # path: conv + statistics in one op, then one element-wise step.
             self._forget_fold()
-            z = F.conv3d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
-                         conv.groups)
-            y = bn(z)
-            if residual is not None:
-                y = y + residual
-            return apply_activation(y, self.activation)
+            return self._conv_bn_train(x, conv, bn, residual, self._conv_args(conv))
         scale, shift = self.folded()
         stride, padding, dilation = self._conv_args(conv)
         if self.backend is None:  # the common case, without a context manager per call

@@ -23,6 +23,7 @@ __all__ = [
     "as_triple",
     "check_conv3d_bn_act",
     "check_conv2plus1d_bn_act",
+    "check_conv3d_bn_stats",
 ]
 
 #: Activations the operators implement.
@@ -239,6 +240,29 @@ def check_conv3d_bn_act(
     _check_channel_vector(op, "shift", shift, weight.shape[0], "output channel")
     _check_residual(op, residual, out_shape)
     return out_shape
+
+
+def check_conv3d_bn_stats(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    op: str = "videoconv.conv3d_bn_stats",
+) -> List[int]:
+    """Check the arguments of ``conv3d_bn_stats``; return the output size."""
+    _check_tensors(op, {"input": input, "weight": weight})
+    _check_input(op, input)
+    _check_weight(op, "weight", weight, "(C_out, C_in / groups, kT, kH, kW)")
+    stride = _check_triple(op, "stride", stride, 1)
+    padding = _check_triple(op, "padding", padding, 0)
+    dilation = _check_triple(op, "dilation", dilation, 1)
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"{op}: groups must be a positive integer, got {groups!r}")
+    return _conv_output_shape(
+        op, input.shape, "weight", weight.shape, stride, padding, dilation, groups
+    )
 
 
 def check_conv2plus1d_bn_act(

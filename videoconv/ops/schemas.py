@@ -25,6 +25,10 @@ SCHEMAS = {
         "Tensor scale2, Tensor shift2, int[3] stride, int[3] padding, str activation, "
         "bool temporal_first, Tensor? residual) -> Tensor"
     ),
+    "conv3d_bn_stats": (
+        "conv3d_bn_stats(Tensor input, Tensor weight, int[3] stride, int[3] padding, "
+        "int[3] dilation, int groups) -> (Tensor, Tensor, Tensor)"
+    ),
     "_conv3d_input_weight_grad": (
         "_conv3d_input_weight_grad(Tensor grad_z, Tensor input, Tensor weight, int[3] stride, "
         "int[3] padding, int[3] dilation, int groups, bool[2] output_mask) -> (Tensor, Tensor)"

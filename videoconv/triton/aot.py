@@ -29,6 +29,7 @@ __all__ = ["KernelReport", "compile_variant", "all_variants", "compile_all",
 #: Modules that define ``aot_variants()``; each is imported lazily.
 KERNEL_MODULES = (
     "videoconv.triton.conv3d_bn_act",
+    "videoconv.triton.conv3d_bn_stats",
     "videoconv.triton.depthwise_conv3d_bn_act",
     "videoconv.triton.conv2plus1d_bn_act",
 )

@@ -197,54 +197,30 @@ def _row_offsets(offs_m, D_OUT, H_OUT, W_OUT, stride_n, stride_d, stride_h, stri
             + oh.to(tl.int64) * stride_h + ow.to(tl.int64) * stride_w)
 
 
-# Channel strides are not specialised to the constant 1 (see "Tile layouts" above): where the
-# kernel relies on a unit channel stride (X_VEC/OUT_VEC/RES_VEC > 1) it uses the literal 1.
-@triton.jit(do_not_specialize=["stride_xc", "stride_rc", "stride_oc"])
-def _conv3d_bn_act_fwd_kernel(
-    x_ptr, w_ptr, scale_ptr, shift_ptr, res_ptr, out_ptr,
-    M, C_IN_G, C_OUT_G, W_N,
+@triton.jit
+def _implicit_gemm_tile(
+    x_ptr, w_ptr, offs_m, offs_n, g, M, C_IN_G, W_N,
     D, H, W, D_OUT, H_OUT, W_OUT,
     stride_xn, stride_xc, stride_xd, stride_xh, stride_xw,
-    stride_rn, stride_rc, stride_rd, stride_rh, stride_rw,
-    stride_on, stride_oc, stride_od, stride_oh, stride_ow,
     STRIDE_D, STRIDE_H, STRIDE_W,
     PAD_D, PAD_H, PAD_W,
     DIL_D, DIL_H, DIL_W,
     KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-    ACT: tl.constexpr,
-    HAS_RESIDUAL: tl.constexpr,
     FLAT_K: tl.constexpr,
     X_VEC: tl.constexpr,
-    OUT_VEC: tl.constexpr,
-    RES_VEC: tl.constexpr,
-    RES_LIKE_OUT: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """One ``[BLOCK_M, BLOCK_N]`` output tile of group ``program_id(1)``.
-
-    ``X_VEC > 1``: the input's channel stride is 1 and every channel run starts aligned to
-    ``X_VEC`` elements, so A tiles are gathered row-major with ``X_VEC``-wide loads; else (and
-    always in the flat walk) they are gathered K-major (transposed), lanes along the output
-    positions. ``OUT_VEC`` / ``RES_VEC`` say the same of the output / residual for the epilogue;
-    ``RES_LIKE_OUT``: the residual has the output's strides, so both share one set of offsets.
-    The launcher checks every one of these promises.
-    """
-    pid = tl.program_id(0)
-    g = tl.program_id(1)
-    num_n = tl.cdiv(C_OUT_G, BLOCK_N)
-    pid_m = pid // num_n
-    pid_n = pid % num_n
-
+    """The mainloop: the float32 ``[BLOCK_M, BLOCK_N]`` accumulator of output rows ``offs_m``
+    and columns ``offs_n`` (channels within group ``g``) of the implicit GEMM. Shared, inlined,
+    by this kernel and the statistics kernel (videoconv/triton/conv3d_bn_stats.py), which differ
+    only in their epilogues. See ``_conv3d_bn_act_fwd_kernel`` for ``X_VEC``/``FLAT_K``."""
     # Divisibility the launcher guarantees, restated so that the compiler can prove it (the
     # values are unchanged): C_in/g a multiple of X_VEC, the packed weight's rows a multiple of 8.
     C_IN_G = (C_IN_G // X_VEC) * X_VEC
     W_N = (W_N // 8) * 8
     X_BYTES: tl.constexpr = x_ptr.dtype.element_ty.primitive_bitwidth // 8
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
 
     # Per output row only two values stay live through the reduction: the int64 offset of input
@@ -322,6 +298,57 @@ def _conv3d_bn_act_fwd_kernel(
                 a = a.to(tl.float32)
                 b = b.to(tl.float32)
             acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+    return acc
+
+
+# Channel strides are not specialised to the constant 1 (see "Tile layouts" above): where the
+# kernel relies on a unit channel stride (X_VEC/OUT_VEC/RES_VEC > 1) it uses the literal 1.
+@triton.jit(do_not_specialize=["stride_xc", "stride_rc", "stride_oc"])
+def _conv3d_bn_act_fwd_kernel(
+    x_ptr, w_ptr, scale_ptr, shift_ptr, res_ptr, out_ptr,
+    M, C_IN_G, C_OUT_G, W_N,
+    D, H, W, D_OUT, H_OUT, W_OUT,
+    stride_xn, stride_xc, stride_xd, stride_xh, stride_xw,
+    stride_rn, stride_rc, stride_rd, stride_rh, stride_rw,
+    stride_on, stride_oc, stride_od, stride_oh, stride_ow,
+    STRIDE_D, STRIDE_H, STRIDE_W,
+    PAD_D, PAD_H, PAD_W,
+    DIL_D, DIL_H, DIL_W,
+    KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    ACT: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    FLAT_K: tl.constexpr,
+    X_VEC: tl.constexpr,
+    OUT_VEC: tl.constexpr,
+    RES_VEC: tl.constexpr,
+    RES_LIKE_OUT: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """One ``[BLOCK_M, BLOCK_N]`` output tile of group ``program_id(1)``.
+
+    ``X_VEC > 1``: the input's channel stride is 1 and every channel run starts aligned to
+    ``X_VEC`` elements, so A tiles are gathered row-major with ``X_VEC``-wide loads; else (and
+    always in the flat walk) they are gathered K-major (transposed), lanes along the output
+    positions. ``OUT_VEC`` / ``RES_VEC`` say the same of the output / residual for the epilogue;
+    ``RES_LIKE_OUT``: the residual has the output's strides, so both share one set of offsets.
+    The launcher checks every one of these promises.
+    """
+    pid = tl.program_id(0)
+    g = tl.program_id(1)
+    num_n = tl.cdiv(C_OUT_G, BLOCK_N)
+    pid_m = pid // num_n
+    pid_n = pid % num_n
+
+    X_BYTES: tl.constexpr = x_ptr.dtype.element_ty.primitive_bitwidth // 8
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = _implicit_gemm_tile(
+        x_ptr, w_ptr, offs_m, offs_n, g, M, C_IN_G, W_N, D, H, W, D_OUT, H_OUT, W_OUT,
+        stride_xn, stride_xc, stride_xd, stride_xh, stride_xw,
+        STRIDE_D, STRIDE_H, STRIDE_W, PAD_D, PAD_H, PAD_W, DIL_D, DIL_H, DIL_W,
+        KD, KH, KW, FLAT_K, X_VEC, INPUT_PRECISION, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_K)
 
     # Epilogue on the float32 accumulator; one rounding, in the store. Output positions are
     # decoded again here, in the store's layout, rather than kept live through the loop.
