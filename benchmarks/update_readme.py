@@ -39,8 +39,9 @@ def zoo_table() -> str:
     return "\n".join(lines)
 
 
-#: result names, in README order: `make bench`'s default run, then the training-step run
-RESULTS = ("bench", "train")
+#: result names, in README order: `make bench`'s default run, the training-step run, then the
+#: forward-only runs of the suite's previous revision (providers, fusion bound, layers)
+RESULTS = ("bench", "train", "providers", "bound", "layers")
 DEVICES = (("cpu", "CPU"), ("cuda", "GPU"))
 
 
