@@ -3,6 +3,8 @@
     videoconv info                       versions, devices, extension, backends
     videoconv flops MODEL [--input S]    per-layer MACs table of a zoo model
     videoconv bench [...]                layers and models of the zoo, every provider, on the device present
+    videoconv check [...]                every backend against float64; --compile: build the kernels
+    videoconv train [...]                train a zoo model (synthetic-motion or a folder of videos)
 """
 
 from __future__ import annotations
@@ -215,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "comma-separated substrings")
     p.add_argument("-v", "--verbose", action="store_true", help="print each case as it runs")
     p.set_defaults(func=_check)
+
+    from videoconv.train.cli import add_train_parser
+
+    add_train_parser(sub)
     return parser
 
 
