@@ -1,9 +1,11 @@
 """Training of the zoo: gradient checkpointing per stage, AMP, accumulation, DDP, ``videoconv train``.
 
->>> from videoconv.train import checkpoint_stages, TrainStep
->>> checkpoint_stages(model, "all")                       # or ["layer3", "layer4"]
->>> step = TrainStep(model, optimizer, amp="bfloat16", accumulation_steps=2)
->>> result = step(clips, labels)                          # loss, correct, stepped ...
+Usage (not a doctest: it needs a model, an optimizer and data)::
+
+    from videoconv.train import checkpoint_stages, TrainStep
+    checkpoint_stages(model, "all")                       # or ["layer3", "layer4"]
+    step = TrainStep(model, optimizer, amp="bfloat16", accumulation_steps=2)
+    result = step(clips, labels)                          # loss, correct, stepped ...
 
 * :mod:`.checkpointing` — :func:`checkpoint_stages`, :func:`stage_names`, :func:`uncheckpoint_stages`
 * :mod:`.step` — :class:`TrainStep` / :func:`train_step` (autocast, GradScaler, accumulation, clipping)

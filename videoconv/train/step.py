@@ -1,8 +1,10 @@
 """One training step: autocast, loss scaling, gradient accumulation, clipping.
 
->>> step = TrainStep(model, optimizer, amp="bfloat16", accumulation_steps=4, max_grad_norm=1.0)
->>> for clips, labels in loader:
-...     result = step(clips, labels)          # result.loss, result.correct, result.stepped
+Usage (not a doctest: it needs a model, an optimizer and data)::
+
+    step = TrainStep(model, optimizer, amp="bfloat16", accumulation_steps=4, max_grad_norm=1.0)
+    for clips, labels in loader:
+        result = step(clips, labels)          # result.loss, result.correct, result.stepped
 
 * ``amp=None`` trains in float32. ``"bfloat16"`` runs the forward (and the loss) under
   ``torch.autocast(device_type, dtype=torch.bfloat16)``, no loss scaling (bfloat16 has float32's
