@@ -513,14 +513,18 @@ def _param_checksum(model: nn.Module) -> float:
 
 
 def _environment(ctx: DistributedContext) -> Dict[str, Any]:
-    return {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
+    # The benchmark rows' record (date, device, versions, git revision, exact command), so a
+    # committed training report says what produced it, plus what matters for a training run.
+    from ..bench.environment import environment
+
+    env = environment(ctx.device)
+    env.update({
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else None,
-    }
+        "cuda_device": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else None,
+    })
+    return env
 
 
 def run_training(
