@@ -69,6 +69,34 @@ def test_strided_depthwise_conv_counts():
     assert c.output_shape == (1, 4, 4, 3, 3)
     assert c.macs == 3888
     assert (c.bytes_fused, c.bytes_unfused) == (836 * 2, 1420 * 2)
+    # Taps that read the input, not the zero padding: T (4 outputs, stride 1) 2+3+3+2 = 10;
+    # H and W (3 outputs, stride 2, first reads rows -1..1) 2+3+3 = 8 each; x 4 channels.
+    assert c.useful_macs == 4 * 10 * 8 * 8
+    assert c.useful_flops == 2 * c.useful_macs
+    assert c.intensity_fused == pytest.approx(c.useful_flops / c.bytes_fused)
+
+
+@pytest.mark.parametrize("shape,kw", [
+    ((2, 3, 2, 7, 7), dict(weight=(5, 3, 3, 3, 3), padding=1)),
+    ((1, 4, 5, 9, 8), dict(weight=(4, 1, 3, 5, 3), stride=(1, 2, 3), padding=(1, 2, 0), groups=4)),
+    ((1, 2, 6, 6, 6), dict(weight=(3, 2, 3, 3, 3), padding=2, dilation=2)),
+    ((1, 2, 3, 5, 5), dict(convs=[dict(weight=(4, 2, 1, 3, 3), padding=(0, 1, 1)),
+                                  dict(weight=(2, 4, 3, 1, 1), padding=(1, 0, 0))])),
+])
+def test_useful_macs_equal_a_convolution_of_ones(shape, kw):
+    """conv(ones, ones) sums, at each output, the taps that land inside the input (times the
+    input channels per group): its total over all outputs is the useful MAC count."""
+    c = layer_cost(shape, "float32", **kw)
+    total = 0.0
+    x = torch.ones(shape, dtype=torch.float64)
+    for conv in kw.get("convs") or [kw]:
+        conv = dict(conv)
+        w = torch.ones(conv.pop("weight"), dtype=torch.float64)
+        y = torch.nn.functional.conv3d(x, w, **conv)
+        total += y.sum().item()
+        x = torch.ones_like(y)
+    assert c.useful_macs == int(total)
+    assert c.useful_macs <= c.macs
 
 
 # Case 2: a (2+1)D unit, x (1, 2, 3, 4, 4) = 96 elements.

@@ -11,9 +11,14 @@ memory bandwidth ``W`` (bytes/s), no implementation can run it faster than
 (the *roofline bound*). ``F / B`` is the layer's arithmetic intensity; the attainable rate at
 intensity ``I`` is ``min(P, I * W)``.
 
-* ``F`` is ``2 * MACs`` of the convolution(s) (:mod:`videoconv.analysis.flops`' convention).
-  BatchNorm, residual add and activation are a few element-wise FLOPs per output, negligible
-  next to any convolution and not on the tensor cores, so they are not counted.
+* ``F`` is ``2 * useful MACs`` of the convolution(s): the multiply-accumulates whose input tap
+  lies inside the input. Taps that land on the zero padding are not work (oneDNN and cuDNN
+  skip them), and on the late, small layers of video models they are a large share of the
+  conventional count (:mod:`videoconv.analysis.flops`, torchvision's convention, kept as
+  :attr:`LayerCost.macs`): a 3x3x3 conv on 2x7x7 has 45% of its taps on padding, and counting
+  them put measured kernels above the peak. BatchNorm, residual add and activation are a few
+  element-wise FLOPs per output, negligible next to any convolution and not on the tensor
+  cores, so they are not counted.
 * ``B`` is the *compulsory* traffic of each variant, counted as if every on-chip cache were
   perfect: each tensor a pass touches is read once and each tensor it produces is written once
   (halo re-reads, write-allocate traffic and spills are the implementation's losses, which is
@@ -290,7 +295,8 @@ def _conv3d_tflops(dtype: torch.dtype, size: int, repeats: int, device: torch.de
     fn = lambda: torch.nn.functional.conv3d(x, w, padding=1)  # noqa: E731
     t = _best_time(fn, device, 1)  # warm-up (oneDNN builds its kernel on the first call)
     t = min(t, _best_time(fn, device, repeats))
-    flops = 2 * channels * channels * 27 * extent[0] * extent[1] * extent[2]
+    # Only the taps inside the input count (as in layer_cost): oneDNN skips the zero padding.
+    flops = 2 * channels * channels * math.prod(_taps_inside(e, e, 3, 1, 1, 1) for e in extent)
     return flops / t / 1e12, f"conv3d {channels}->{channels} 3x3x3 @{'x'.join(map(str, extent))}"
 
 
@@ -477,8 +483,10 @@ class LayerCost:
     input_shape: Tuple[int, ...]
     output_shape: Tuple[int, ...]
     intermediate_shape: Optional[Tuple[int, ...]]  # (2+1)D only
-    macs: int
+    macs: int  # the conventional count (every output x every tap), as videoconv.analysis.flops
     flops: int  # 2 * macs
+    #: MACs whose input tap is inside the input (taps on zero padding excluded): the roofline's F
+    useful_macs: int
     bytes_fused: int
     bytes_unfused: int
     fused_passes: Tuple[Pass, ...]
@@ -487,24 +495,30 @@ class LayerCost:
     bytes_fused_per_conv: int
 
     @property
+    def useful_flops(self) -> int:
+        """``2 * useful_macs``: the FLOPs the roofline counts (see the module docstring)."""
+        return 2 * self.useful_macs
+
+    @property
     def bytes_conv_only(self) -> int:
         """Bytes of the unfused chain's convolution passes alone (the bench's ``conv-only``)."""
         return sum(p.bytes for p in self.unfused_passes if p.name.startswith("conv"))
 
     @property
     def intensity_fused(self) -> float:
-        """FLOP per byte of the fused variant."""
-        return self.flops / self.bytes_fused
+        """Useful FLOP per byte of the fused variant."""
+        return self.useful_flops / self.bytes_fused
 
     @property
     def intensity_unfused(self) -> float:
-        return self.flops / self.bytes_unfused
+        return self.useful_flops / self.bytes_unfused
 
     intensity = intensity_fused  # "the" arithmetic intensity of the layer
 
     def to_dict(self) -> Dict[str, object]:
         d = dataclasses.asdict(self)
-        d.update(bytes_conv_only=self.bytes_conv_only, intensity_fused=self.intensity_fused,
+        d.update(useful_flops=self.useful_flops, bytes_conv_only=self.bytes_conv_only,
+                 intensity_fused=self.intensity_fused,
                  intensity_unfused=self.intensity_unfused)
         return d
 
@@ -525,6 +539,20 @@ def _norm_conv(c: Mapping[str, object]) -> Dict[str, object]:
     return dict(weight=w, stride=_triple(c.get("stride", 1), "stride"),
                 padding=_triple(c.get("padding", 0), "padding"),
                 dilation=_triple(c.get("dilation", 1), "dilation"), groups=int(c.get("groups", 1)))
+
+
+def _taps_inside(size: int, out: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """Along one dimension: how many (output position, kernel tap) pairs read an input element
+    rather than the zero padding."""
+    return sum(1 for o in range(out) for j in range(kernel)
+               if 0 <= o * stride - padding + j * dilation < size)
+
+
+def _useful_macs(shape: Tuple[int, ...], out: Tuple[int, ...], c: Mapping[str, object]) -> int:
+    w = c["weight"]
+    taps = math.prod(_taps_inside(shape[2 + i], out[2 + i], w[2 + i], c["stride"][i], c["padding"][i],
+                                  c["dilation"][i]) for i in range(3))
+    return shape[0] * w[0] * w[1] * taps
 
 
 def _conv_out(shape: Tuple[int, ...], c: Mapping[str, object]) -> Tuple[int, ...]:
@@ -582,10 +610,11 @@ def layer_cost(layer, dtype: DtypeLike = "float32", *, weight: Optional[Sequence
     has_act = activation != "identity"
 
     shapes = [input_shape]
-    macs = 0
+    macs = useful = 0
     for c in conv_list:
         out = _conv_out(shapes[-1], c)
         macs += math.prod(out) * math.prod(c["weight"][1:])
+        useful += _useful_macs(shapes[-1], out, c)
         shapes.append(out)
     numel = [math.prod(s) for s in shapes]
     weights = [math.prod(c["weight"]) for c in conv_list]
@@ -613,7 +642,7 @@ def layer_cost(layer, dtype: DtypeLike = "float32", *, weight: Optional[Sequence
     return LayerCost(
         kind="conv2plus1d_bn_act" if two else "conv3d_bn_act", dtype=name,
         input_shape=input_shape, output_shape=shapes[-1], intermediate_shape=shapes[1] if two else None,
-        macs=macs, flops=2 * macs, bytes_fused=bytes_fused,
+        macs=macs, flops=2 * macs, useful_macs=useful, bytes_fused=bytes_fused,
         bytes_unfused=sum(p.bytes for p in unfused), fused_passes=fused, unfused_passes=tuple(unfused),
         bytes_fused_per_conv=sum(p.bytes for p in per_conv) if two else bytes_fused,
     )
@@ -654,7 +683,7 @@ def roofline_time(cost: LayerCost, spec: DeviceSpec, dtype: Optional[DtypeLike] 
     GPU where TF32 is allowed, see :func:`math_dtype`)."""
     peak = spec.peak(dtype if dtype is not None else cost.dtype) * 1e12
     bw = spec.bandwidth_gbs * 1e9
-    compute = cost.flops / peak
+    compute = cost.useful_flops / peak
     mf, mu = cost.bytes_fused / bw, cost.bytes_unfused / bw
     return RooflineTime(fused_s=max(compute, mf), unfused_s=max(compute, mu), compute_s=compute,
                         memory_fused_s=mf, memory_unfused_s=mu)
@@ -670,7 +699,7 @@ class Achieved:
     """What one measured run achieved against the roofline."""
 
     time_s: float
-    tflops: float  # flops / time
+    tflops: float  # useful flops / time
     gbs: float  # minimal bytes of the variant / time (effective, not the hardware counter)
     bound_s: float  # the roofline bound of the variant
     pct_of_roofline: float  # 100 * bound_s / time_s
@@ -688,7 +717,7 @@ def achieved(cost: LayerCost, time_ms: float, spec: DeviceSpec, dtype: Optional[
     bounds = roofline_time(cost, spec, dtype)
     nbytes = cost.bytes_fused if fused else cost.bytes_unfused
     bound = bounds.fused_s if fused else bounds.unfused_s
-    return Achieved(time_s=t, tflops=cost.flops / t / 1e12, gbs=nbytes / t / 1e9, bound_s=bound,
+    return Achieved(time_s=t, tflops=cost.useful_flops / t / 1e12, gbs=nbytes / t / 1e9, bound_s=bound,
                     pct_of_roofline=100.0 * bound / t)
 
 
@@ -698,7 +727,7 @@ def fusion_summary(cost: LayerCost, spec: DeviceSpec, dtype: Optional[DtypeLike]
     measured times, ``fusion_won = eager_ms / fused_ms`` with each run's % of roofline."""
     bounds = roofline_time(cost, spec, dtype)
     row: Dict[str, object] = dict(
-        kind=cost.kind, dtype=cost.dtype, gflops=cost.flops / 1e9,
+        kind=cost.kind, dtype=cost.dtype, gflops=cost.flops / 1e9, useful_gflops=cost.useful_flops / 1e9,
         mb_fused=cost.bytes_fused / 1e6, mb_unfused=cost.bytes_unfused / 1e6,
         intensity_fused=cost.intensity_fused, intensity_unfused=cost.intensity_unfused,
         bound_fused_ms=bounds.fused_s * 1e3, bound_unfused_ms=bounds.unfused_s * 1e3,

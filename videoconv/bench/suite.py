@@ -65,6 +65,8 @@ class Row:
     median_ms: float
     p20_ms: float
     p80_ms: float
+    #: the roofline's FLOPs (useful MACs: zero-padding taps excluded) / measured time; gmacs is
+    #: the conventional count (every tap), as in videoconv.analysis.flops
     tflops: float
     #: minimal bytes of the workload (fused, roofline model) / measured time
     gbs: Optional[float]
@@ -122,7 +124,11 @@ def model_workload(model: str, smoke: bool = False, batch: int = 1) -> prov.Work
 
 
 def _roofline(wl: prov.Workload, dt: str, mode: str, limits, device):
-    """(minimal bytes, bound seconds fused, bound seconds unfused) of ``wl`` in ``mode``."""
+    """(minimal bytes, bound seconds fused, bound seconds unfused, FLOPs) of ``wl`` in ``mode``.
+
+    FLOPs are the roofline's: the convolutions' useful MACs (zero-padding taps excluded, see
+    videoconv.analysis.roofline), plus, for a whole model, its MACs outside the traced conv
+    layers (the classifier) at the conventional count."""
     from ..analysis import roofline
 
     if not wl.layers:
@@ -130,13 +136,17 @@ def _roofline(wl: prov.Workload, dt: str, mode: str, limits, device):
     math_dt = roofline.math_dtype(dt, device)
     factor = roofline.MODE_FACTOR[mode]
     nbytes = fused = unfused = 0.0
+    useful = traced = 0
     for layer, count in wl.layers:
         cost = roofline.layer_cost(layer, dt)
         bounds = roofline.roofline_time(cost, limits, math_dt)
         nbytes += count * cost.bytes_fused
         fused += count * bounds.fused_s
         unfused += count * bounds.unfused_s
-    return factor * nbytes, factor * fused, factor * unfused
+        useful += count * cost.useful_macs
+        traced += count * cost.macs
+    flops = 2 * (useful + max(0, wl.macs - traced))
+    return factor * nbytes, factor * fused, factor * unfused, factor * flops
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,7 +255,7 @@ def _time_group(wl, dt, mode, providers, device, env, limits, smoke, min_run_tim
 
     dtype = DTYPES[dt]
     bound = _roofline(wl, dt, mode, limits, device)
-    flops = roofline.MODE_FACTOR[mode] * 2 * wl.macs
+    flops = roofline.MODE_FACTOR[mode] * 2 * wl.macs if bound is None else bound[3]
     rows: List[Row] = []
     times: Dict[str, float] = {}
     for p in providers:
