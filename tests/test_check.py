@@ -43,8 +43,33 @@ def test_check_passes_for_cpu_and_reference_and_catches_a_wrong_backend(monkeypa
     real = cpu_backend._conv
     monkeypatch.setattr(cpu_backend, "_conv", lambda *a, **k: real(*a, **k) * 1.001)
     bad = check.run_check(["cpu"], quick=True, dtypes=("float32",))
-    assert not any(r.ok for r in bad if r.error is not None)
+    assert not any(r.ok for r in bad if r.error is not None and not r.case.startswith("stats"))
     assert "FAIL" in check.summarize(bad)
+
+
+def test_check_covers_the_statistics_op_and_catches_wrong_statistics(monkeypatch):
+    stats_cases = [c for c in check.cases() if c.op == "conv3d_bn_stats"]
+    assert {c.groups > 1 for c in stats_cases} == {True, False}
+    assert {c.channels_last for c in stats_cases} == {True, False}
+    results = check.run_check(["cpu", "reference"], quick=True)
+    stats = [r for r in results if r.case.startswith("stats")]
+    assert {r.backend for r in stats} == {"cpu", "reference"} and all(r.ok for r in stats)
+
+    import torch
+    from videoconv.backends import cpu as cpu_backend
+
+    real = torch.ops.videoconv._channel_stats_cpu
+
+    class _WrongVariance:  # the output is right; the variance is 0.1% off
+        def __call__(self, z):
+            mean, var = real(z)
+            return mean, var * 1.001
+
+    monkeypatch.setattr(cpu_backend.torch.ops.videoconv, "_channel_stats_cpu", _WrongVariance(),
+                        raising=False)
+    bad = [r for r in check.run_check(["cpu"], quick=True, dtypes=("float32",))
+           if r.case.startswith("stats")]
+    assert bad and not any(r.ok for r in bad)
 
 
 @pytest.mark.triton

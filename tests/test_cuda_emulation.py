@@ -207,3 +207,67 @@ def test_conv2plus1d(emu, case, dtype, with_residual, num_sms):
     assert list(y.shape) == out and y.dtype == dtype
     _check_layout(y, x)
     assert _rel_err(y, expected) < REL_TOL[dtype] * (1 if dtype == torch.float32 else 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# the statistics pass of the cuda backend's conv3d_bn_stats (csrc/cuda/channel_stats_kernels.cuh)
+
+# name, (N, C, D, H, W): tails in every blocking (rows not a multiple of 128, channels not of
+# 32, planes not of 4096), several row and channel blocks, several chunks per plane.
+STATS_CASES = [
+    ("tiny", (1, 3, 2, 3, 3)),
+    ("row_and_channel_tails", (2, 37, 3, 7, 9)),
+    ("several_blocks", (2, 70, 4, 9, 10)),
+    ("planes_with_chunks", (2, 5, 5, 31, 33)),
+]
+
+
+def _stats_oracle(z):
+    zd = z.double()
+    return zd.mean(dim=(0, 2, 3, 4)), zd.var(dim=(0, 2, 3, 4), unbiased=False)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
+@pytest.mark.parametrize("case", STATS_CASES, ids=[c[0] for c in STATS_CASES])
+def test_channel_stats(emu, case, dtype, layout):
+    _, shape = case
+    z = (torch.randn(shape, dtype=torch.float64) * 2 + 0.5).to(dtype)
+    z = z.contiguous(memory_format=LAYOUTS[layout])
+    mean, var = emu.channel_stats(z)
+    exp_mean, exp_var = _stats_oracle(z)  # the statistics of the values as stored
+    assert mean.dtype == var.dtype == torch.float64 and mean.shape == (shape[1],)
+    # float32 accumulation over at most a few thousand values, merged in float64
+    assert (mean - exp_mean).abs().max().item() < 1e-5 * exp_var.sqrt().max().item()
+    assert ((var - exp_var).abs() / exp_var).max().item() < 1e-5
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_channel_stats_large_mean_no_cancellation(emu, layout):
+    """mean 1e4, std 1: a float32 sum-of-squares formula would lose every digit of the
+    variance; centring per thread keeps it to float32 rounding of the values themselves."""
+    z = (torch.randn(2, 40, 3, 9, 9, dtype=torch.float64) + 1e4).float()
+    z = z.contiguous(memory_format=LAYOUTS[layout])
+    mean, var = emu.channel_stats(z)
+    exp_mean, exp_var = _stats_oracle(z)
+    assert (mean - exp_mean).abs().max().item() < 1e-6 * 1e4
+    assert ((var - exp_var).abs() / exp_var).max().item() < 1e-3
+
+
+def test_channel_stats_deterministic_and_matches_the_cpu_pass(emu):
+    z = torch.randn(2, 48, 4, 11, 12).contiguous(memory_format=torch.channels_last_3d)
+    a, b = emu.channel_stats(z), emu.channel_stats(z)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    if hasattr(torch.ops.videoconv, "_channel_stats_cpu"):
+        cpu_mean, cpu_var = torch.ops.videoconv._channel_stats_cpu(z)
+        torch.testing.assert_close(a[0], cpu_mean, rtol=0, atol=1e-6)
+        torch.testing.assert_close(a[1], cpu_var, rtol=1e-6, atol=0)
+
+
+def test_channel_stats_empty_and_errors(emu):
+    mean, var = emu.channel_stats(torch.randn(0, 4, 2, 3, 3))
+    assert mean.shape == (4,) and torch.isnan(mean).all() and torch.isnan(var).all()
+    with pytest.raises(RuntimeError, match="5-D"):
+        emu.channel_stats(torch.randn(4, 3, 3))
+    with pytest.raises(RuntimeError, match="unsupported dtype"):
+        emu.channel_stats(torch.randn(1, 2, 2, 2, 2, dtype=torch.float64))

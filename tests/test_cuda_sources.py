@@ -33,6 +33,8 @@ EXPECTED_KERNELS = {
     "depthwise_conv3d_bn_act.cu": ("depthwise_", 21),
     # 3 dtypes
     "conv2plus1d_bn_act.cu": ("conv2plus1d_kernel", 3),
+    # 3 dtypes x {channels_last rows, NCDHW planes} + the float64 merge
+    "conv3d_bn_stats.cu": ("channel_stats_", 7),
 }
 
 

@@ -1,7 +1,8 @@
 """``videoconv check``: is every backend that can run here numerically equivalent to the oracle,
 and does every kernel build for the GPUs we target?
 
-* ``videoconv check`` runs each op over a matrix of small shapes drawn from real models
+* ``videoconv check`` runs each op (``conv3d_bn_act``, ``conv2plus1d_bn_act`` and the
+  training-mode ``conv3d_bn_stats``) over a matrix of small shapes drawn from real models
   (strides (1,1,1)/(1,2,2)/(2,2,2)/(2,1,1), temporal kernels 1/3/5/7, spatial dilation 2,
   groups 1/2/C, odd sizes, both layouts, with and without residual, every activation) through
   every backend that can run on this machine — the Triton backend through its interpreter when
@@ -32,7 +33,7 @@ TOLERANCE = {"float32": 1e-4, "float16": 4e-3, "bfloat16": 3e-2, "float64": 1e-1
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    op: str  # "conv3d_bn_act" or "conv2plus1d_bn_act"
+    op: str  # "conv3d_bn_act", "conv2plus1d_bn_act" or "conv3d_bn_stats"
     n: int
     cin: int
     cout: int
@@ -52,6 +53,11 @@ class Case:
     def label(self) -> str:
         d, h, w = self.size
         layout = "cl3d" if self.channels_last else "ncdhw"
+        if self.op == "conv3d_bn_stats":
+            g = "" if self.groups == 1 else (" dw" if self.groups == self.cin else f" g{self.groups}")
+            k = "x".join(map(str, self.kernel))
+            return (f"stats {self.cin}->{self.cout} k{k} s{''.join(map(str, self.stride))}{g} "
+                    f"{self.n}x{d}x{h}x{w} {layout}")
         if self.op == "conv3d_bn_act":
             g = "" if self.groups == 1 else (" dw" if self.groups == self.cin else f" g{self.groups}")
             dil = "" if set(self.dilation) == {1} else f" dil{''.join(map(str, self.dilation))}"
@@ -88,8 +94,15 @@ def cases(quick: bool = False) -> List[Case]:
         Case("conv2plus1d_bn_act", 1, 6, 8, (5, 7, 7), (5, 3), (1, 2, 2), (2, 1, 1), cmid=10,
              temporal_first=True, activation="silu"),
     ]
+    # conv3d_bn_stats (training-mode BatchNorm): the convolution features that change how the
+    # statistics epilogue tiles the output (strides, a 1x1x1 conv, groups, depthwise); its
+    # checked outputs are the conv output and the per-channel mean and biased variance.
+    stats = [dataclasses.replace(base[i], op="conv3d_bn_stats", activation="identity", residual=False)
+             for i in (0, 2, 3, 7, 8)]
     if quick:
-        base = [base[i] for i in (0, 1, 8, 11)]
+        base = [base[i] for i in (0, 1, 8, 11)] + stats[:1]
+    else:
+        base = base + stats
     out = []
     for case in base:
         out.append(case)
@@ -107,7 +120,7 @@ def _make_inputs(case: Case, dtype, device):
 
     d, h, w = case.size
     x = rand(case.n, case.cin, d, h, w)
-    if case.op == "conv3d_bn_act":
+    if case.op in ("conv3d_bn_act", "conv3d_bn_stats"):
         kt, kh, kw = case.kernel
         weight = rand(case.cout, case.cin // case.groups, kt, kh, kw,
                       scale=(case.cin // case.groups * kt * kh * kw) ** -0.5)
@@ -142,6 +155,9 @@ def _make_inputs(case: Case, dtype, device):
 def _run(case: Case, x, args, residual):
     from . import ops
 
+    if case.op == "conv3d_bn_stats":
+        return ops.conv3d_bn_stats(x, args["weight"], case.stride, case.padding, case.dilation,
+                                   case.groups)
     if case.op == "conv3d_bn_act":
         return ops.conv3d_bn_act(x, args["weight"], args["scale"], args["shift"], case.stride,
                                  case.padding, case.dilation, case.groups, case.activation,
@@ -184,8 +200,12 @@ def run_check(backend_names: Optional[Sequence[str]] = None, quick: bool = False
                 if progress:
                     progress(f"{name} {dt} {case.label}")
                 (x, args, res), (x_d, args_d, res_d) = _make_inputs(case, dtype, device)
-                kwargs = dict(input=x_d, residual=res_d, stride=case.stride, padding=case.padding,
-                              activation=case.activation, **args_d)
+                if case.op == "conv3d_bn_stats":
+                    kwargs = dict(input=x_d, weight=args_d["weight"], stride=case.stride,
+                                  padding=case.padding, dilation=case.dilation, groups=case.groups)
+                else:
+                    kwargs = dict(input=x_d, residual=res_d, stride=case.stride, padding=case.padding,
+                                  activation=case.activation, **args_d)
                 if case.op == "conv3d_bn_act":
                     kwargs.update(dilation=case.dilation, groups=case.groups)
                 else:
@@ -205,13 +225,30 @@ def run_check(backend_names: Optional[Sequence[str]] = None, quick: bool = False
                 # the exact answer for the inputs as rounded to dtype
                 exact = _run(case, x_d.double(), {k: v.double() for k, v in args_d.items()},
                              None if res_d is None else res_d.double())
+                if case.op == "conv3d_bn_stats":
+                    # out, then mean and variance: each relative to its own largest magnitude.
+                    # The statistics are of the rounded output, so in 16 bits they are compared
+                    # with the float64 statistics of what the backend returned.
+                    (got, mean, var), exact_out = got, exact[0]
+                    ref_mean = got.double().mean(dim=(0, 2, 3, 4))
+                    ref_var = got.double().var(dim=(0, 2, 3, 4), unbiased=False)
+                    stat_err = max(_rel(mean, ref_mean), _rel(var, ref_var))
+                    stats_ok = mean.dtype == var.dtype == torch.float64 and stat_err <= TOLERANCE["float32"]
+                    exact = exact_out
+                else:
+                    stat_err, stats_ok = 0.0, True
                 layout_ok = (got.is_contiguous(memory_format=torch.channels_last_3d)
                              if case.channels_last else got.is_contiguous())
-                err = ((got.double() - exact).abs().max() / exact.abs().max().clamp_min(1e-12)).item()
-                ok = err <= TOLERANCE[dt] and layout_ok and got.dtype == dtype
+                err = max(_rel(got, exact), stat_err)
+                ok = err <= TOLERANCE[dt] and stats_ok and layout_ok and got.dtype == dtype
                 note = "" if layout_ok else "output layout differs from the input's"
                 results.append(CheckResult(name, dt, case.label, err, ok, note))
     return results
+
+
+def _rel(got, exact) -> float:
+    """max |got - exact| / max |exact|, in float64."""
+    return ((got.double() - exact).abs().max() / exact.abs().max().clamp_min(1e-12)).item()
 
 
 def summarize(results: Iterable[CheckResult]) -> str:

@@ -8,8 +8,10 @@
 #include <torch/library.h>
 
 #include <array>
+#include <limits>
 #include <tuple>
 
+#include "cuda/channel_stats_kernels.cuh"
 #include "cuda/conv2plus1d_kernels.cuh"
 #include "cuda/depthwise_conv3d_kernels.cuh"
 
@@ -113,6 +115,27 @@ at::Tensor conv2plus1d(const at::Tensor& input, const at::Tensor& w1, const at::
   return to_output_layout(l.y, input);
 }
 
+std::tuple<at::Tensor, at::Tensor> channel_stats(const at::Tensor& input) {
+  const char* op = "emulated channel_stats";
+  stats::StatsLaunch l = stats::prepare_channel_stats(op, input);
+  if (l.empty) {
+    l.mean.fill_(std::numeric_limits<double>::quiet_NaN());
+    l.var.fill_(std::numeric_limits<double>::quiet_NaN());
+    return {l.mean, l.var};
+  }
+  stats::dispatch_dtype(input.scalar_type(), op, [&](auto tag) {
+    using T = decltype(tag);
+    if (l.channels_last) {
+      videoconv_emu::run(stats::channel_stats_rows_kernel<T>, l.rows, l.blocks, l.smem, stats::kThreads);
+    } else {
+      videoconv_emu::run(stats::channel_stats_planes_kernel<T>, l.planes, l.blocks, l.smem,
+                         stats::kThreads);
+    }
+  });
+  videoconv_emu::run(stats::channel_stats_merge_kernel, l.merge, l.merge_blocks, 0, stats::kThreads);
+  return {l.mean, l.var};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(videoconv_emu, m) {
@@ -123,10 +146,12 @@ TORCH_LIBRARY(videoconv_emu, m) {
   m.def("conv2plus1d(Tensor input, Tensor w1, Tensor scale1, Tensor shift1, Tensor w2, "
         "Tensor scale2, Tensor shift2, int[3] stride, int[3] padding, str activation, "
         "bool temporal_first, Tensor? residual, int num_sms) -> Tensor");
+  m.def("channel_stats(Tensor z) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(videoconv_emu, CPU, m) {
   m.impl("depthwise_forward", &depthwise_forward);
   m.impl("depthwise_backward", &depthwise_backward);
   m.impl("conv2plus1d", &conv2plus1d);
+  m.impl("channel_stats", &channel_stats);
 }

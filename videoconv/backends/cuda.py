@@ -5,7 +5,9 @@
   convolutions go to a hand-written direct kernel (csrc/cuda/depthwise_conv3d_bn_act.cu), whose
   backward also serves training (:meth:`CudaBackend.conv3d_input_weight_grad`);
 * ``conv2plus1d_bn_act``: one kernel with the intermediate in shared memory
-  (csrc/cuda/conv2plus1d_bn_act.cu).
+  (csrc/cuda/conv2plus1d_bn_act.cu);
+* ``conv3d_bn_stats`` (training-mode BatchNorm): the convolution above with an identity
+  epilogue, then a deterministic per-channel statistics pass (csrc/cuda/conv3d_bn_stats.cu).
 
 The kernels are private ops (``torch.ops.videoconv._*_cuda``) of the extension, present only
 when it was built against a CUDA torch. Whether a problem can run, and with which kernel, is
@@ -30,7 +32,7 @@ from . import cuda_plan
 __all__ = ["CudaBackend"]
 
 _OPS = ("_conv3d_bn_act_cuda", "_depthwise_conv3d_bn_act_cuda", "_depthwise_conv3d_backward_cuda",
-        "_conv2plus1d_bn_act_cuda")
+        "_conv2plus1d_bn_act_cuda", "_channel_stats_cuda")
 
 
 def _has_cuda_kernels() -> bool:
@@ -42,7 +44,7 @@ def _has_cuda_kernels() -> bool:
 
 def _plan(op_name: str, inputs) -> cuda_plan.CudaPlan:
     x = inputs["input"]
-    if op_name == "conv3d_bn_act":
+    if op_name in ("conv3d_bn_act", "conv3d_bn_stats"):
         return cuda_plan.plan_conv3d(x, inputs["weight"], inputs["stride"], inputs["padding"],
                                      inputs["dilation"], inputs["groups"], inputs.get("residual"))
     return cuda_plan.plan_conv2plus1d(x, inputs["w1"], inputs["w2"], inputs["stride"],
@@ -56,10 +58,11 @@ class CudaBackend(Backend):
     description = ("CUDA C++: CUTLASS implicit-GEMM conv3d with fused epilogue, direct depthwise "
                    "(forward, backward), one-kernel (2+1)D unit")
     dtypes = frozenset({torch.float32, torch.float16, torch.bfloat16})
-    # No CUDA C++ kernel for conv3d_bn_stats (training-mode BatchNorm) yet: on a GPU the triton
-    # backend runs it (statistics in the implicit-GEMM epilogue). The CUTLASS version would add
-    # an epilogue visitor reducing each output tile to per-channel partials, like the Triton one.
-    ops = frozenset({"conv3d_bn_act", "conv2plus1d_bn_act"})
+    # conv3d_bn_stats (training-mode BatchNorm): the convolution with an identity epilogue, then
+    # a deterministic statistics pass (csrc/cuda/conv3d_bn_stats.cu). The Triton backend, first
+    # in priority on a GPU, reduces in its epilogue instead and saves that extra read; a CUTLASS
+    # epilogue visitor doing the same is the next step for this backend.
+    ops = frozenset({"conv3d_bn_act", "conv2plus1d_bn_act", "conv3d_bn_stats"})
 
     @classmethod
     def environment_reasons(cls) -> List[str]:
@@ -77,9 +80,6 @@ class CudaBackend(Backend):
 
     @classmethod
     def not_supported_reasons(cls, op_name: str, **inputs: Any) -> List[str]:
-        if op_name not in cls.ops:
-            return [f"no CUDA C++ kernel for {op_name} (training-mode BatchNorm statistics); the "
-                    "triton backend runs it on GPUs"]
         reasons = super().not_supported_reasons(op_name, **inputs)
         if reasons:
             return reasons
@@ -100,6 +100,18 @@ class CudaBackend(Backend):
         return ops._conv3d_bn_act_cuda(input, weight, scale, shift, list(stride), list(padding),
                                        list(dilation), groups, activation, residual,
                                        bool(torch.backends.cudnn.allow_tf32))
+
+    @classmethod
+    def conv3d_bn_stats(cls, *, input, weight, stride, padding, dilation, groups):
+        # The eval path's kernels with an identity epilogue (scale 1, shift 0, no activation):
+        # exact, since the epilogue computes acc * 1 + 0 in float32 before the one rounding.
+        ones = torch.ones(weight.shape[0], device=input.device, dtype=input.dtype)
+        zeros = torch.zeros_like(ones)
+        z = cls.conv3d_bn_act(input=input, weight=weight, scale=ones, shift=zeros, stride=stride,
+                              padding=padding, dilation=dilation, groups=groups,
+                              activation="identity", residual=None)
+        mean, var = torch.ops.videoconv._channel_stats_cuda(z)
+        return z, mean, var
 
     @classmethod
     def conv2plus1d_bn_act(cls, *, input, w1, scale1, shift1, w2, scale2, shift2, stride, padding,

@@ -45,8 +45,11 @@ def _header(result) -> List[str]:
     versions = f"torch {env['torch']}, triton {env['triton']}"
     if env.get("cuda"):
         versions += f", CUDA {env['cuda']}, cuDNN {env['cudnn']}"
+    modes = sorted({r["mode"] for r in result["rows"]}, key=["fwd", "bwd", "train"].index)
+    what = "" if modes == ["fwd"] or not modes else " (" + ", ".join(
+        {"fwd": "forward", "bwd": "backward", "train": "training step"}[m] for m in modes) + ")"
     lines = [
-        f"# videoconv bench — {env['device']}",
+        f"# videoconv bench{what} — {env['device']}",
         "",
         f"{versions}, videoconv {env['videoconv']} (rev {env['git_revision']}), {env['date']}",
         "",

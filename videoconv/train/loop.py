@@ -316,32 +316,15 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype=None, ctx
 
 
 def peak_memory_of(fn: Callable[[], Any], device: torch.device) -> Tuple[int, str]:
-    """(peak bytes allocated while ``fn()`` runs, above what was allocated before; method)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return int(torch.cuda.max_memory_allocated(device) - base), "torch.cuda.max_memory_allocated"
-    from torch.profiler import ProfilerActivity, profile
-    from torch._C._profiler import _EventType
+    """(peak bytes allocated while ``fn()`` runs, above what was allocated before; method).
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events: List[Tuple[int, int]] = []
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        event = stack.pop()
-        if event.tag == _EventType.Allocation and event.extra_fields.device.type == device.type:
-            events.append((event.start_time_ns, int(event.extra_fields.alloc_size)))
-        stack.extend(event.children)
-    events.sort(key=lambda e: e[0])
-    in_use = peak = 0
-    for _, size in events:
-        in_use += size
-        peak = max(peak, in_use)
-    return peak, "torch.profiler allocation events (profile_memory=True), summed in time order"
+    The benchmark suite's measurement (:func:`videoconv.bench.timing.peak_memory_bytes`), so a
+    training report and a ``videoconv bench --mode train`` row count memory the same way."""
+    from ..bench.timing import peak_memory_bytes
+
+    method = ("torch.cuda.max_memory_allocated" if device.type == "cuda" else
+              "torch.profiler allocation and free events (profile_memory=True), summed in time order")
+    return int(peak_memory_bytes(fn, device)), method
 
 
 def measure_step_memory(
