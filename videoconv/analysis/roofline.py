@@ -58,8 +58,8 @@ Devices
 -------
 :data:`DATASHEET_SPECS` holds dense (no structured sparsity) tensor-core peaks and HBM bandwidth
 of H100 SXM, H200 and A100 SXM 80GB from NVIDIA's datasheets. The CPU has no datasheet here: its
-peak is *measured* by :func:`measure_cpu_spec` (a timed square GEMM per dtype and a timed large
-copy, best of a few runs) once per process and, by default, once per machine (a JSON file under
+peak is *measured* by :func:`measure_cpu_spec` (per dtype the faster of a timed square GEMM and
+a timed oneDNN 3x3x3 convolution, and a timed large copy, best of a few runs) once per process and, by default, once per machine (a JSON file under
 ``~/.cache/videoconv/``, see :func:`cache_dir`). :func:`device_spec` picks the right one.
 """
 
@@ -280,10 +280,10 @@ def _conv3d_tflops(dtype: torch.dtype, size: int, repeats: int, device: torch.de
     """Best-of-``repeats`` TFLOP/s of a compute-bound 3x3x3 convolution (channels_last_3d).
 
     Why a convolution besides the GEMM: on a CPU, ``torch.mm`` goes to the BLAS torch was built
-    with (MKL on x86 wheels, which on AMD parts picks a slower code path), while every
-    convolution we time goes to oneDNN, which is measurably faster here (on a 2-core Zen 4:
-    0.24 vs 0.20 TFLOP/s in float32). A peak below what the timed kernels reach would put them
-    above 100% of the roofline. ``size`` scales the probe so the tests' tiny specs stay cheap:
+    with (MKL on x86 wheels), while every convolution we time goes to oneDNN, which is
+    measurably faster here (2-core Zen 4: 0.21 vs 0.19 TFLOP/s in float32, 0.45 vs 0.42 in
+    bfloat16). A peak below what the timed kernels reach would put them above 100% of the
+    roofline. ``size`` scales the probe so the tests' tiny specs stay cheap:
     C = min(128, size // 16) channels (at least 8) over a 8 x 28 x 28 volume at ``size`` >= 2048.
     """
     channels = max(8, min(128, size // 16))
