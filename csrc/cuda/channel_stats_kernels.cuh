@@ -236,16 +236,6 @@ __global__ void __launch_bounds__(kThreads) channel_stats_merge_kernel(const Mer
 // ---------------------------------------------------------------------------------------------
 // host side (shared by the CUDA op and the CPU emulation)
 
-template <typename F>
-void dispatch_dtype(at::ScalarType t, const char* what, F&& f) {
-  switch (t) {
-    case at::kHalf: f(__half()); break;
-    case at::kBFloat16: f(__nv_bfloat16()); break;
-    case at::kFloat: f(float()); break;
-    default: TORCH_CHECK(false, what, ": unsupported dtype ", t, " (float16, bfloat16, float32)");
-  }
-}
-
 struct StatsLaunch {
   at::Tensor z;  // the input in the layout the kernels read (a view when already contiguous)
   at::Tensor mean, var;  // float64 [C]

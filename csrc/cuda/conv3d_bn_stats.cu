@@ -35,7 +35,7 @@ std::tuple<at::Tensor, at::Tensor> channel_stats_cuda(const at::Tensor& input) {
   // Grids are 1-D over blockIdx.x (up to 2^31 - 1 blocks); one block covers at least 128 rows x
   // 32 channels or 4096 values, so that limit is far beyond any activation that fits in memory.
   TORCH_CHECK(l.blocks < (int64_t(1) << 31), op, ": tensor too large (", l.blocks, " blocks)");
-  stats::dispatch_dtype(input.scalar_type(), op, [&](auto tag) {
+  dispatch_dtype(input.scalar_type(), op, [&](auto tag) {
     using T = decltype(tag);
     if (l.channels_last) {
       channel_stats_rows_kernel<T><<<dim3(unsigned(l.blocks)), dim3(kThreads), size_t(l.smem), stream>>>(l.rows);

@@ -408,17 +408,6 @@ __global__ void __launch_bounds__(kThreads)
 // ---------------------------------------------------------------------------------------------
 // host side: from the op's arguments to a launch (shared by the CUDA op and the CPU emulation)
 
-// Calls f(T{}) with the kernels' element type for a torch dtype.
-template <typename F>
-void dispatch_dtype(at::ScalarType t, const char* what, F&& f) {
-  switch (t) {
-    case at::kHalf: f(__half()); break;
-    case at::kBFloat16: f(__nv_bfloat16()); break;
-    case at::kFloat: f(float()); break;
-    default: TORCH_CHECK(false, what, ": unsupported dtype ", t, " (float16, bfloat16, float32)");
-  }
-}
-
 // Depthwise weights [C, 1, kT, kH, kW] as float32 [taps][C]: the kernels stage a channel slice
 // of every tap with coalesced loads.
 inline at::Tensor taps_by_channel(const at::Tensor& weight, int64_t c, int64_t taps) {

@@ -89,5 +89,17 @@ inline at::Tensor channel_vector(const at::Tensor& v, int64_t channels, const ch
 
 inline std::vector<int64_t> to_vec(at::IntArrayRef a) { return a.vec(); }
 
+// Calls f(T{}) with the direct kernels' element type (__half, __nv_bfloat16, float) for a torch
+// dtype; any other dtype is an error naming `what`.
+template <typename F>
+void dispatch_dtype(at::ScalarType t, const char* what, F&& f) {
+  switch (t) {
+    case at::kHalf: f(__half()); break;
+    case at::kBFloat16: f(__nv_bfloat16()); break;
+    case at::kFloat: f(float()); break;
+    default: TORCH_CHECK(false, what, ": unsupported dtype ", t, " (float16, bfloat16, float32)");
+  }
+}
+
 }  // namespace cuda
 }  // namespace videoconv

@@ -29,7 +29,7 @@ at::Tensor depthwise_forward(const at::Tensor& input, const at::Tensor& weight,
   const depthwise::ForwardLaunch l = depthwise::prepare_forward(
       op, input, weight, scale, shift, stride, padding, dilation, activation, residual, kSm,
       int(num_sms));
-  depthwise::dispatch_dtype(input.scalar_type(), op, [&](auto tag) {
+  dispatch_dtype(input.scalar_type(), op, [&](auto tag) {
     using T = decltype(tag);
     if (l.vec > 1) {
       videoconv_emu::run(depthwise::depthwise_fwd_kernel<T, 16 / sizeof(T)>, l.params, l.blocks,
@@ -49,7 +49,7 @@ std::tuple<at::Tensor, at::Tensor> depthwise_backward(
   const char* op = "emulated depthwise backward";
   depthwise::BackwardLaunch l = depthwise::prepare_backward(
       op, grad_conv, input, weight, stride, padding, dilation, output_mask, kSm, int(num_sms));
-  depthwise::dispatch_dtype(input.scalar_type(), op, [&](auto tag) {
+  dispatch_dtype(input.scalar_type(), op, [&](auto tag) {
     using T = decltype(tag);
     constexpr int V = 16 / sizeof(T);
     if (l.want_dx) {
@@ -123,7 +123,7 @@ std::tuple<at::Tensor, at::Tensor> channel_stats(const at::Tensor& input) {
     l.var.fill_(std::numeric_limits<double>::quiet_NaN());
     return {l.mean, l.var};
   }
-  stats::dispatch_dtype(input.scalar_type(), op, [&](auto tag) {
+  dispatch_dtype(input.scalar_type(), op, [&](auto tag) {
     using T = decltype(tag);
     if (l.channels_last) {
       videoconv_emu::run(stats::channel_stats_rows_kernel<T>, l.rows, l.blocks, l.smem, stats::kThreads);
