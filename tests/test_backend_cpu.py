@@ -59,6 +59,48 @@ def test_conv3d_bn_act_matches_float64(case, dtype, layout, with_residual, act):
     torch.testing.assert_close(y.double(), expected, atol=atol, rtol=rtol)
 
 
+# Squeeze-and-Excitation convs on a pooled input, a 1x1x1 head, and one just past the small-GEMM
+# threshold (65 rows: oneDNN again): (N, C_in, C_out, (D, H, W))
+SMALL_GEMM_CASES = [("se_pooled", 2, 48, 8, (1, 1, 1)), ("head_2x2x2", 2, 16, 24, (2, 2, 2)),
+                    ("just_past_rows", 1, 8, 12, (1, 5, 13)), ("wide_head", 1, 432, 320, (1, 1, 1))]
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("dtype", CPU_DTYPES, ids=_ids)
+@pytest.mark.parametrize("case", SMALL_GEMM_CASES, ids=[c[0] for c in SMALL_GEMM_CASES])
+def test_small_1x1x1_convs_match_float64(case, dtype, layout, with_residual, act):
+    """Tiny 1x1x1 convs run as one small GEMM (cpu._is_small_gemm), the rest on oneDNN: both
+    against the float64 oracle, in both layouts, with and without a residual."""
+    _, n, cin, cout, size = case
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, cin, *size, generator=g, dtype=torch.float64).to(dtype)
+    x = x.contiguous(memory_format=LAYOUTS[layout])
+    w = (torch.randn(cout, cin, 1, 1, 1, generator=g, dtype=torch.float64) * cin ** -0.5).to(dtype)
+    scale = (torch.rand(cout, generator=g, dtype=torch.float64) + 0.5).to(dtype)
+    shift = torch.randn(cout, generator=g, dtype=torch.float64).to(dtype)
+    residual = None
+    if with_residual:
+        residual = torch.randn(n, cout, *size, generator=g, dtype=torch.float64).to(dtype)
+        residual = residual.contiguous(memory_format=LAYOUTS[layout])
+    key = ((dtype, x.device, backends.output_memory_format(x), tuple(w.shape)), (1, 1, 1),
+           (0, 0, 0), (1, 1, 1), 1, tuple(x.shape))
+    rows = n * size[0] * size[1] * size[2]
+    small = rows <= cpu_backend._SMALL_GEMM_ROWS and rows * cin * cout <= cpu_backend._SMALL_GEMM_MACS
+    assert cpu_backend._is_small_gemm(key) == small
+    with backends.use("cpu"):
+        y = conv3d_bn_act(x, w, scale, shift, activation=act, residual=residual)
+        again = conv3d_bn_act(x, w, scale, shift, activation=act, residual=residual)  # cached weight
+    expected = oracle_conv3d_bn_act(x, w, scale, shift, (1, 1, 1), (0, 0, 0), (1, 1, 1), 1, act,
+                                    residual)
+    assert y.shape == expected.shape and y.dtype == dtype
+    _check_layout(y, x)
+    atol, rtol = _TOL[dtype]
+    torch.testing.assert_close(y.double(), expected, atol=atol, rtol=rtol)
+    assert torch.equal(again, y)
+
+
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
 @pytest.mark.parametrize("layout", list(LAYOUTS))

@@ -8,7 +8,10 @@ accepts only relu or no activation; residual + silu therefore runs the conv + bi
 oneDNN and the silu in ATen (float32 for bfloat16, rounded once).
 
 The folded weight is reordered into oneDNN's blocked layout once and cached (see
-:class:`_PackCache`): repacking on every call would cost about as much as the gain.
+:class:`_PackCache`): repacking on every call would cost about as much as the gain. Tiny 1x1x1
+convolutions (Squeeze-and-Excitation on a pooled input, heads; :func:`_is_small_gemm`) skip
+oneDNN, whose per-call cost (~30 µs) is most of their time, and run as one small ATen GEMM on the
+cached folded matrix, with the same arithmetic.
 
 ``conv3d_bn_stats`` (training-mode BatchNorm, see videoconv/ops/conv3d_bn_stats.py) runs the
 same oneDNN convolution with an identity epilogue (the BN's scale/shift are not known before the
@@ -84,7 +87,8 @@ def _same_tensors(seen, scale: torch.Tensor, shift: torch.Tensor) -> bool:
 
 
 class _PackCache:
-    """Packed (folded, oneDNN-reordered) weights and folded biases, per weight tensor.
+    """Packed (folded, oneDNN-reordered) weights and folded biases, per weight tensor (for a
+    small-GEMM convolution, :func:`_is_small_gemm`, the folded float32 matrix and bias instead).
 
     Keyed on the *identity* of the weight tensor (``id`` plus a weak reference, so an entry dies
     with its weight and a recycled ``id`` never matches), and validated on every lookup against
@@ -148,22 +152,64 @@ class _PackCache:
 pack_cache = _PackCache()
 
 
+#: Limits of the small-GEMM path (see _is_small_gemm): rows (N * D * H * W) and multiply-adds.
+#: Past ~1e5 MACs oneDNN's faster inner kernel (and, in bfloat16, its half-size weight) wins back
+#: its per-call cost: a 432 -> 2048 head on one row takes 113 µs there against 146 µs as a GEMM.
+_SMALL_GEMM_ROWS = 64
+_SMALL_GEMM_MACS = 1 << 17
+
+
+def _is_small_gemm(key) -> bool:
+    """A 1x1x1, stride-1, ungrouped convolution over at most ``_SMALL_GEMM_ROWS`` positions and
+    ``_SMALL_GEMM_MACS`` multiply-adds.
+
+    These are Squeeze-and-Excitation's convolutions on a globally pooled (N, C, 1, 1, 1) input
+    and 1x1x1 heads: X3D has two per block. oneDNN's convolution primitive costs ~30 µs per call
+    however small the problem, while the same product as ATen's ``linear`` (one small GEMM) takes
+    a few µs; the arithmetic is the same (folded weight rounded once to the dtype, float32
+    accumulation, bias and activation in float32, one rounding of the result)."""
+    (_, _, _, wshape), stride, padding, _, groups, input_size = key
+    rows = input_size[0] * input_size[2] * input_size[3] * input_size[4]
+    return (tuple(wshape[2:]) == (1, 1, 1) and tuple(stride) == (1, 1, 1)
+            and tuple(padding) == (0, 0, 0) and groups == 1 and rows <= _SMALL_GEMM_ROWS
+            and rows * wshape[0] * wshape[1] <= _SMALL_GEMM_MACS)
+
+
 def _pack(weight, scale, shift, key):
     _, stride, padding, dilation, groups, input_size = key
     dtype = weight.dtype
     with torch.no_grad():
         w = weight.detach().double() * scale.detach().double().view(-1, 1, 1, 1, 1)
-        w = w.to(dtype).contiguous(memory_format=torch.channels_last_3d)
         bias = shift.detach().to(dtype).contiguous()
+        if _is_small_gemm(key):  # a plain (C_out, C_in) matrix for F.linear, in float32
+            return w.to(dtype).reshape(w.shape[0], w.shape[1]).float().contiguous(), bias.float()
+        w = w.to(dtype).contiguous(memory_format=torch.channels_last_3d)
         packed = torch.ops.mkldnn._reorder_convolution_weight(
             w, list(padding), list(stride), list(dilation), groups, list(input_size))
     return packed, bias
 
 
+def _small_gemm(x, w2d, bias, activation, residual):
+    """``act(x @ w2d.T + bias [+ residual])`` over the rows (positions) of ``x``, computed in
+    float32 and rounded once to ``x``'s dtype; returned channels_last_3d-strided, as oneDNN's
+    output is."""
+    n, c, d, h, w = x.shape
+    rows = x.permute(0, 2, 3, 4, 1).reshape(-1, c).float()
+    y = F.linear(rows, w2d, bias)
+    if residual is not None:
+        y += residual.permute(0, 2, 3, 4, 1).reshape(y.shape)
+    if activation == "relu":
+        y = y.relu_()
+    elif activation == "silu":
+        y = F.silu(y, inplace=True)
+    return y.to(x.dtype).view(n, d, h, w, -1).permute(0, 4, 1, 2, 3)
+
+
 def _conv(x, weight, scale, shift, stride, padding, dilation, groups, activation, residual,
           out_format=None):
-    """``act(conv(x, w) * scale + shift [+ residual])`` via oneDNN; output in ``out_format``
-    (default: ``x``'s layout, :func:`output_memory_format`)."""
+    """``act(conv(x, w) * scale + shift [+ residual])`` via oneDNN (or, for tiny 1x1x1 convs,
+    one small GEMM: :func:`_is_small_gemm`); output in ``out_format`` (default: ``x``'s layout,
+    :func:`output_memory_format`)."""
     fmt = output_memory_format(x)
     x = x.contiguous(memory_format=fmt)
     stride, padding, dilation = list(stride), list(padding), list(dilation)
@@ -171,7 +217,9 @@ def _conv(x, weight, scale, shift, stride, padding, dilation, groups, activation
            tuple(dilation), groups, tuple(x.shape))
     packed, bias = pack_cache.get(weight, scale, shift, key)
     mk = torch.ops.mkldnn
-    if residual is None:
+    if _is_small_gemm(key):  # the pack cache then holds a plain float32 matrix, not a packed weight
+        y = _small_gemm(x, packed, bias, activation, residual)
+    elif residual is None:
         y = mk._convolution_pointwise(x, packed, bias, padding, stride, dilation, groups,
                                       _ONEDNN_ACT[activation], [], "")
     else:
