@@ -57,7 +57,7 @@ import triton
 import triton.language as tl
 
 from ._common import INTERPRET, AotVariant
-from .conv3d_bn_act import (_GPU_CONFIGS, _MIN_EPILOGUE_VEC, _config_table, _implicit_gemm_tile,
+from .conv3d_bn_act import (_MIN_EPILOGUE_VEC, _config_table, _implicit_gemm_tile, _pick,
                             _input_precision, _output_size, _prune_configs, _row_offsets, _triple,
                             channel_vector, pack_weight, use_flat_k)
 from .conv3d_bn_act import not_supported_reasons as _conv_reasons
@@ -249,10 +249,6 @@ def _aot_variant(tag: str, dtype: str, cfg, kernel, channels_last: bool, x_vec: 
         fn=_conv3d_bn_stats_kernel, signature=sig, constexprs=consts,
         num_warps=warps, num_stages=stages,
     )
-
-
-def _pick(bm: int, bn: int, bk: int) -> Tuple[int, int, int, int, int]:
-    return next(c for c in _GPU_CONFIGS if c[:3] == (bm, bn, bk))
 
 
 def aot_variants() -> List[AotVariant]:
