@@ -205,6 +205,16 @@ class FusedModuleBase(nn.Module):
         with self._backend_context():
             return conv3d_bn_act_train(x, conv.weight, conv.bias, **kwargs)
 
+    def _direct_plan(self):
+        """This module's cached backend choice for the eval fast path (videoconv/ops/_direct.py),
+        created on first use (modules are also built through ``__new__`` by deepcopy/pickle)."""
+        plan = self.__dict__.get("_direct")
+        if plan is None:
+            from ..ops._direct import DirectPlan
+
+            plan = self.__dict__["_direct"] = DirectPlan()
+        return plan
+
     def _backend_context(self):
         if self.backend is None:
             return contextlib.nullcontext()
@@ -215,6 +225,7 @@ class FusedModuleBase(nn.Module):
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_fold_cache"] = None
+        state.pop("_direct", None)
         return state
 
     def __deepcopy__(self, memo):
@@ -225,6 +236,8 @@ class FusedModuleBase(nn.Module):
         import copy
 
         for k, v in self.__dict__.items():
+            if k == "_direct":  # a per-module backend choice; the copy makes its own
+                continue
             setattr_ = object.__setattr__
             setattr_(new, k, None if k == "_fold_cache" else copy.deepcopy(v, memo))
         return new

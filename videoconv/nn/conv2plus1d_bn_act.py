@@ -9,6 +9,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .. import ops
+from ..ops.conv2plus1d_bn_act import call_from_module as call_conv2plus1d_bn_act
 from ._common import FusedModuleBase, activation_name
 from .conv3d_bn_act import check_bn_for_fusion, check_conv3d_for_fusion
 from .folding import fold_conv_bn
@@ -188,9 +189,10 @@ class Conv2Plus1dBNAct(FusedModuleBase):
             return self._stage(h, conv2, bn2, residual, "conv2")
         scale1, shift1, scale2, shift2 = self.folded()
         with self._backend_context():
-            return ops.conv2plus1d_bn_act(x, conv1.weight, scale1, shift1, conv2.weight, scale2,
-                                          shift2, self.stride, self.padding, self.activation,
-                                          self.temporal_first, residual)
+            return call_conv2plus1d_bn_act(
+                self._direct_plan(), x, conv1.weight, scale1, shift1, conv2.weight, scale2,
+                shift2, self.stride, self.padding, self.activation, self.temporal_first,
+                residual)
 
     def _stage(self, x: Tensor, conv: nn.Conv3d, bn: Optional[nn.BatchNorm3d],
                residual: Optional[Tensor], role: str) -> Tensor:

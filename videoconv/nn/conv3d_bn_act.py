@@ -9,6 +9,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .. import ops
+from ..ops.conv3d_bn_act import call_from_module as call_conv3d_bn_act
 from ._common import FusedModuleBase, activation_name
 from .folding import fold_conv_bn
 
@@ -168,14 +169,13 @@ class Conv3dBNAct(FusedModuleBase):
             return self._conv_bn_train(x, conv, bn, residual, self._conv_args(conv))
         scale, shift = self.folded()
         stride, padding, dilation = self._conv_args(conv)
+        plan = self._direct_plan()
         if self.backend is None:  # the common case, without a context manager per call
-            return torch.ops.videoconv.conv3d_bn_act.default(
-                x, conv.weight, scale, shift, stride, padding, dilation, conv.groups,
-                self.activation, residual)
+            return call_conv3d_bn_act(plan, x, conv.weight, scale, shift, stride, padding,
+                                      dilation, conv.groups, self.activation, residual)
         with self._backend_context():
-            return torch.ops.videoconv.conv3d_bn_act.default(
-                x, conv.weight, scale, shift, stride, padding, dilation, conv.groups,
-                self.activation, residual)
+            return call_conv3d_bn_act(plan, x, conv.weight, scale, shift, stride, padding,
+                                      dilation, conv.groups, self.activation, residual)
 
     def extra_repr(self) -> str:
         s = f"activation={self.activation!r}"

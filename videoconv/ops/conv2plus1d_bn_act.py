@@ -16,6 +16,7 @@ from torch import Tensor
 
 from .. import backends
 from ..backends.reference import epilogue, split_2plus1d
+from ._direct import DirectPlan, dispatcher_unobservable
 from ._validation import as_triple, canonical_activation, check_conv2plus1d_bn_act
 from .conv3d_bn_act import conv_bn_act_backward
 
@@ -105,6 +106,33 @@ def _conv2plus1d_bn_act_kernel(input, w1, scale1, shift1, w2, scale2, shift2, st
     if input.shape[0] == 0:
         return backends.empty_output(input, out_shape)
     return backend.conv2plus1d_bn_act(**inputs)
+
+
+def call_from_module(plan: Optional[DirectPlan], input, w1, scale1, shift1, w2, scale2, shift2,
+                     stride, padding, activation, temporal_first, residual) -> Tensor:
+    """``torch.ops.videoconv.conv2plus1d_bn_act`` for the fused modules (op-form arguments), or,
+    when nothing could tell the difference, the same backend call without the dispatcher
+    (``plan``; see videoconv/ops/_direct.py)."""
+    stride, padding = list(stride), list(padding)
+    tensors = (input, w1, scale1, shift1, w2, scale2, shift2, residual)
+    if plan is not None and dispatcher_unobservable(*tensors):
+        inputs = dict(
+            input=input, w1=w1, scale1=scale1, shift1=shift1, w2=w2, scale2=scale2,
+            shift2=shift2, stride=tuple(stride), padding=tuple(padding), activation=activation,
+            temporal_first=bool(temporal_first), residual=residual,
+        )
+        out = plan.run(
+            "conv2plus1d_bn_act",
+            lambda: check_conv2plus1d_bn_act(input, w1, scale1, shift1, w2, scale2, shift2,
+                                             stride, padding, activation, temporal_first,
+                                             residual),
+            tensors, (inputs["stride"], inputs["padding"], activation, inputs["temporal_first"]),
+            inputs)
+        if out is not None:
+            return out
+    return torch.ops.videoconv.conv2plus1d_bn_act.default(
+        input, w1, scale1, shift1, w2, scale2, shift2, stride, padding, activation,
+        bool(temporal_first), residual)
 
 
 @torch.library.register_fake(_OP)

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from .. import backends
 from ..backends.reference import opmath_dtype
+from ._direct import DirectPlan, dispatcher_unobservable
 from ._validation import as_triple, canonical_activation, check_conv3d_bn_act
 
 __all__ = ["conv3d_bn_act"]
@@ -134,6 +135,27 @@ def _conv3d_bn_act_kernel(input, weight, scale, shift, stride, padding, dilation
     if input.shape[0] == 0:
         return backends.empty_output(input, out_shape)
     return backend.conv3d_bn_act(**inputs)
+
+
+def call_from_module(plan: Optional[DirectPlan], input, weight, scale, shift, stride, padding,
+                     dilation, groups, activation, residual) -> Tensor:
+    """``torch.ops.videoconv.conv3d_bn_act`` for the fused modules (op-form arguments: int lists,
+    a canonical activation), or, when nothing could tell the difference, the same backend call
+    without the dispatcher's ~45 µs (``plan``; see videoconv/ops/_direct.py)."""
+    if plan is not None and dispatcher_unobservable(input, weight, scale, shift, residual):
+        inputs = _inputs(input, weight, scale, shift, stride, padding, dilation, groups,
+                         activation, residual)
+        out = plan.run(
+            "conv3d_bn_act",
+            lambda: check_conv3d_bn_act(input, weight, scale, shift, stride, padding, dilation,
+                                        groups, activation, residual),
+            (input, weight, scale, shift, residual),
+            (inputs["stride"], inputs["padding"], inputs["dilation"], groups, activation),
+            inputs)
+        if out is not None:
+            return out
+    return torch.ops.videoconv.conv3d_bn_act.default(
+        input, weight, scale, shift, stride, padding, dilation, groups, activation, residual)
 
 
 @torch.library.register_fake(_OP)

@@ -1,0 +1,259 @@
+"""The fused modules' eval fast path (videoconv/ops/_direct.py): the chosen backend is called
+without the dispatcher only when nothing could tell, gives the op's exact result, and re-checks
+the input whenever its signature changes."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from videoconv import backends
+from videoconv.backends import CpuBackend, ReferenceBackend
+from videoconv.nn import Conv2Plus1dBNAct, Conv3dBNAct
+
+CL = torch.channels_last_3d
+
+
+def _randomise(module: nn.Module, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm3d):
+                m.running_mean.copy_(0.2 * torch.randn(m.num_features, generator=g))
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(0.2 * torch.randn(m.num_features, generator=g))
+    return module.eval()
+
+
+def _conv_module(activation="relu", groups=1):
+    return _randomise(Conv3dBNAct(8, 8, 3, padding=1, groups=groups, activation=activation))
+
+
+def _unit_module():
+    return _randomise(Conv2Plus1dBNAct(6, 10, 8, kernel_size=3, stride=(1, 2, 2), padding=1))
+
+
+def _float64_chain(module: Conv3dBNAct, x, residual=None):
+    """The unfused eval chain in float64: conv -> BN -> (+ residual) -> act."""
+    conv, bn = copy.deepcopy(module.conv).double(), copy.deepcopy(module.bn).double().eval()
+    y = bn(conv(x.double()))
+    if residual is not None:
+        y = y + residual.double()
+    return {"relu": torch.relu, "silu": nn.functional.silu, "identity": lambda t: t}[
+        module.activation](y)
+
+
+def _op_result(module: Conv3dBNAct, x, residual=None):
+    scale, shift = module.folded()
+    c = module.conv
+    return torch.ops.videoconv.conv3d_bn_act.default(
+        x, c.weight, scale, shift, list(c.stride), list(c.padding), list(c.dilation), c.groups,
+        module.activation, residual)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
+@pytest.mark.parametrize("activation,groups,with_residual", [
+    ("relu", 1, False), ("silu", 8, False), ("relu", 1, True), ("identity", 2, True)])
+def test_direct_path_equals_the_op_and_float64(layout, activation, groups, with_residual):
+    m = _conv_module(activation, groups)
+    x = torch.randn(2, 8, 4, 6, 6).contiguous(memory_format=layout)
+    r = torch.randn(2, 8, 4, 6, 6).contiguous(memory_format=layout) if with_residual else None
+    with torch.no_grad():
+        first = m(x, r)  # validates, chooses the backend
+        direct = m(x, r)
+        via_op = _op_result(m, x, r)
+    assert m._direct.hits == 1  # the second call went around the dispatcher
+    assert direct.is_contiguous(memory_format=layout)
+    assert torch.equal(direct, via_op) and torch.equal(first, via_op)
+    torch.testing.assert_close(direct.double(), _float64_chain(m, x, r), rtol=1e-4, atol=1e-4)
+
+
+def test_direct_path_for_the_2plus1d_unit():
+    m = _unit_module()
+    x = torch.randn(1, 6, 5, 8, 8).contiguous(memory_format=CL)
+    with torch.no_grad():
+        m(x)
+        direct = m(x)
+        s1, t1, s2, t2 = m.folded()
+        via_op = torch.ops.videoconv.conv2plus1d_bn_act.default(
+            x, m.conv1.weight, s1, t1, m.conv2.weight, s2, t2, list(m.stride),
+            list(m.padding), m.activation, m.temporal_first, None)
+        c1, b1 = copy.deepcopy(m.conv1).double(), copy.deepcopy(m.bn1).double()
+        c2, b2 = copy.deepcopy(m.conv2).double(), copy.deepcopy(m.bn2).double()
+        expected = torch.relu(b2(c2(torch.relu(b1(c1(x.double()))))))
+    assert m._direct.hits == 1
+    assert torch.equal(direct, via_op)
+    torch.testing.assert_close(direct.double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_inference_mode_takes_the_direct_path():
+    m = _conv_module()
+    x = torch.randn(1, 8, 3, 5, 5)
+    with torch.inference_mode():
+        m(x)
+        y = m(x)
+    assert m._direct.hits == 1
+    torch.testing.assert_close(y.double(), _float64_chain(m, x), rtol=1e-4, atol=1e-4)
+
+
+def test_autograd_takes_the_op():
+    # Eval mode with grad enabled and parameters that require grad: autograd must record the
+    # op, so the fast path is not taken and gradients flow.
+    m = _conv_module()
+    x = torch.randn(1, 8, 3, 5, 5, requires_grad=True)
+    m(x)
+    y = m(x)
+    assert m._direct.hits == 0
+    assert y.grad_fn is not None
+    y.sum().backward()
+    assert x.grad is not None and m.conv.weight.grad is not None
+
+
+class _OpLog(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_dispatch_modes_see_the_op():
+    m = _conv_module()
+    x = torch.randn(1, 8, 3, 5, 5)
+    with torch.no_grad():
+        m(x)
+        m(x)
+        hits = m._direct.hits
+        with _OpLog() as log:
+            y = m(x)
+    assert m._direct.hits == hits  # not taken inside the mode
+    assert "videoconv.conv3d_bn_act.default" in log.ops
+    torch.testing.assert_close(y.double(), _float64_chain(m, x), rtol=1e-4, atol=1e-4)
+
+
+def test_profiler_sees_the_op():
+    m = _conv_module()
+    x = torch.randn(1, 8, 3, 5, 5)
+    with torch.no_grad():
+        m(x)
+        m(x)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            m(x)
+    assert any(e.name == "videoconv::conv3d_bn_act" for e in prof.events())
+
+
+def test_fake_tensors_take_the_op():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    m = _conv_module()
+    with torch.no_grad():
+        m(torch.randn(1, 8, 3, 5, 5))
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            y = m(mode.from_tensor(torch.randn(2, 8, 3, 5, 5).contiguous(memory_format=CL)))
+    assert tuple(y.shape) == (2, 8, 3, 5, 5)
+    assert y.is_contiguous(memory_format=CL)
+
+
+def test_compile_traces_the_op():
+    m = _conv_module()
+    x = torch.randn(1, 8, 3, 5, 5)
+    seen = []
+
+    def backend(gm, example_inputs):
+        seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm
+
+    with torch.no_grad():
+        m(x)
+        y = torch.compile(m, backend=backend, fullgraph=True)(x)
+    assert "videoconv.conv3d_bn_act.default" in seen
+    torch.testing.assert_close(y.double(), _float64_chain(m, x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_new_signature_is_checked_again():
+    m = _conv_module()
+    with torch.no_grad():
+        m(torch.randn(1, 8, 3, 5, 5))
+        m(torch.randn(1, 8, 3, 5, 5))
+        assert m._direct.hits == 1
+        # Another size, another layout, another dtype: each is validated and chosen again.
+        x2 = torch.randn(2, 8, 4, 6, 6)
+        y2 = m(x2)
+        torch.testing.assert_close(y2.double(), _float64_chain(m, x2), rtol=1e-4, atol=1e-4)
+        m(x2.contiguous(memory_format=CL))
+        assert m._direct.hits == 1
+        # Bad input after fast calls raises the op's own errors.
+        with pytest.raises(RuntimeError, match="channels"):
+            m(torch.randn(1, 5, 3, 5, 5))
+        with pytest.raises(RuntimeError, match="dtype"):
+            m(torch.randn(1, 8, 3, 5, 5, dtype=torch.float64))
+        with pytest.raises(RuntimeError, match="Kernel size can.t be greater"):
+            _randomise(Conv3dBNAct(8, 8, 3))(torch.randn(1, 8, 2, 5, 5))
+        # An empty batch returns an empty result (through the op).
+        empty = m(torch.randn(0, 8, 3, 5, 5))
+        assert tuple(empty.shape) == (0, 8, 3, 5, 5)
+
+
+def test_forced_backend_changes_the_choice(monkeypatch):
+    calls = []
+    for cls in (CpuBackend, ReferenceBackend):
+        original = cls.__dict__["conv3d_bn_act"].__func__
+
+        def spy(klass, _original=original, **inputs):
+            calls.append(klass.name)
+            return _original(klass, **inputs)
+
+        monkeypatch.setattr(cls, "conv3d_bn_act", classmethod(spy))
+    m = _conv_module()
+    x = torch.randn(1, 8, 3, 5, 5)
+    with torch.no_grad():
+        m(x)
+        m(x)
+        with backends.use("reference"):
+            y = m(x)
+            m(x)
+        m(x)
+    assert calls == ["cpu", "cpu", "reference", "reference", "cpu"]
+    torch.testing.assert_close(y.double(), _float64_chain(m, x), rtol=1e-4, atol=1e-4)
+    # A module-level backend is honoured as well.
+    forced = _conv_module()
+    forced.backend = "reference"
+    calls.clear()
+    with torch.no_grad():
+        forced(x)
+        forced(x)
+    assert calls == ["reference", "reference"] and forced._direct.hits == 1
+
+
+def test_parameter_updates_are_seen():
+    # The plan caches only the backend choice; folded parameters are re-read on every call.
+    m = _conv_module()
+    x = torch.randn(1, 8, 3, 5, 5)
+    with torch.no_grad():
+        m(x)
+        m(x)
+        m.bn.running_mean.add_(0.5)
+        m.conv.weight.mul_(1.5)
+        y = m(x)
+    assert m._direct.hits == 2
+    torch.testing.assert_close(y.double(), _float64_chain(m, x), rtol=1e-4, atol=1e-4)
+
+
+def test_copies_do_not_share_the_plan():
+    m = _conv_module()
+    x = torch.randn(1, 8, 3, 5, 5)
+    with torch.no_grad():
+        m(x)
+        m(x)
+        for other in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+            assert "_direct" not in other.__dict__
+            torch.testing.assert_close(other(x), m(x), rtol=0, atol=0)
+            assert other._direct is not m._direct

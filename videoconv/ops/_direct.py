@@ -1,0 +1,98 @@
+"""The modules' eval fast path: call the chosen backend directly when the dispatcher would add
+nothing anyone could see.
+
+Why it exists. A call through ``torch.ops.videoconv.*`` costs about 45 µs of Python on the CPU
+before any arithmetic happens: the dispatcher boxes the ten arguments for the Python kernel,
+the ``torch.library`` autograd layer runs (in Python, even under ``no_grad``) and redispatches,
+and the kernel then validates the input (~7 µs) and picks a backend (~5 µs). That is fixed per
+call, and video models make many small calls: a fused X3D-S forward makes 116, where 45 µs each
+is ~5 ms of a ~50 ms forward, and a small depthwise layer's convolution itself takes ~70 µs.
+
+What it does. :class:`DirectPlan` remembers, per module, the backend that
+:func:`videoconv.backends.select_backend` chose for one *signature* (shapes, strides, dtypes and
+devices of every tensor argument, the convolution arguments, the forced backend and the
+registered backends) after the full validation passed once for it. A later call with the same
+signature calls that backend's method directly, with the same arguments the op's kernel would
+pass; the result is the same tensor, computed by the same code. Any change of signature
+(another input size, layout, dtype, a forced backend) takes the full path again, which also
+raises the usual errors for bad input.
+
+When it is not used (:func:`dispatcher_unobservable`). Whenever skipping the dispatcher could be
+seen, as for ``nn.MultiheadAttention``'s fast path: autograd must record the op (grad mode on
+and a tensor that requires grad), ``torch.compile``/``torch.export``/``torch.jit`` is tracing, a
+``TorchFunctionMode``/``TorchDispatchMode`` is active (FakeTensorMode, FlopCounterMode, ...), a
+tensor is a subclass, functorch transforms (vmap, grad) are active, or the autograd profiler is
+on (so profiles still show ``videoconv::*`` ops). Empty batches also take the op (they return
+early there).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.overrides import has_torch_function
+
+from .. import backends
+
+__all__ = ["DirectPlan", "dispatcher_unobservable"]
+
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def dispatcher_unobservable(*tensors: Optional[Tensor]) -> bool:
+    """Whether calling a backend directly instead of the ``torch.ops`` operator is invisible:
+    nothing records, traces, intercepts or profiles the call (see the module docstring)."""
+    # First: under torch.compile this is the only check Dynamo evaluates (it folds to True
+    # there), the others are not traceable.
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return False
+    present = tuple(t for t in tensors if t is not None)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in present):
+        return False
+    if any(type(t) not in _PLAIN for t in present) or has_torch_function(present):
+        return False  # subclasses, __torch_function__ overrides and function modes
+    if torch._C._len_torch_dispatch_stack() > 0:  # FakeTensorMode, FlopCounterMode, ...
+        return False
+    if torch._C._functorch.peek_interpreter_stack() is not None:  # vmap, grad, jvp
+        return False
+    if torch._C._autograd._profiler_enabled():
+        return False
+    return True
+
+
+def _tensor_signature(t: Optional[Tensor]):
+    return None if t is None else (t.shape, t.stride(), t.dtype, t.device)
+
+
+class DirectPlan:
+    """One module's cached (signature -> backend) decision for :func:`dispatcher_unobservable`
+    calls. ``hits`` counts direct calls (tests use it to see that the fast path ran)."""
+
+    __slots__ = ("key", "backend", "hits")
+
+    def __init__(self) -> None:
+        self.key: Optional[Tuple[Any, ...]] = None
+        self.backend = None
+        self.hits = 0
+
+    def run(self, op_name: str, validate: Callable[[], Any], tensors: Tuple[Optional[Tensor], ...],
+            args: Tuple[Any, ...], inputs: Dict[str, Any]) -> Optional[Tensor]:
+        """``backend.<op_name>(**inputs)`` for the backend the op would choose, or None when the
+        caller must take the operator (an empty batch).
+
+        ``tensors`` and ``args`` (the non-tensor arguments, hashable) make the signature;
+        ``validate`` runs the op's full input check, once per new signature."""
+        if inputs["input"].shape[0] == 0:
+            return None
+        key = (tuple(_tensor_signature(t) for t in tensors), args, backends.forced_backend(),
+               tuple(backends.PRIORITY))
+        if key != self.key:
+            self.key = None
+            validate()
+            self.backend = backends.select_backend(op_name, **inputs)
+            self.key = key
+        else:
+            self.hits += 1
+        return getattr(self.backend, op_name)(**inputs)
