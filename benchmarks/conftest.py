@@ -294,12 +294,21 @@ def device_name(device: torch.device) -> str:
     return name(device)
 
 
+def pytest_configure(config):
+    # The same allocator setting as `videoconv bench` (see videoconv/bench/timing.py), before
+    # any benchmark allocates.
+    from videoconv.bench.timing import pin_host_allocator
+
+    pin_host_allocator()
+
+
 def pytest_benchmark_update_machine_info(config, machine_info):
     """What a saved run needs to be read later: versions, revision, device, backends."""
     try:
         import videoconv
         from videoconv import backends
         from videoconv.bench.environment import git_revision
+        from videoconv.bench.timing import pin_host_allocator
 
         s = settings(config)
         machine_info["videoconv"] = {
@@ -311,6 +320,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
             "backends_available": [n for n, why in backends.available().items() if not why],
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "torch_threads": torch.get_num_threads(),
+            "host_allocator": pin_host_allocator(),
         }
     except Exception as exc:  # machine info must never break a run
         machine_info["videoconv"] = {"error": f"{type(exc).__name__}: {exc}"}

@@ -56,6 +56,9 @@ def _header(result) -> List[str]:
         f"command: `{env['command']}`",
         "",
     ]
+    if env.get("host_allocator"):
+        lines += [f"host allocator: {env['host_allocator']} (see bench/timing.py: "
+                  "pin_host_allocator)", ""]
     spec = env.get("roofline")
     if spec:
         peaks = ", ".join(f"{k} {v:.2f}" for k, v in spec["peak_tflops"].items())

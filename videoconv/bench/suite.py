@@ -25,6 +25,7 @@ import torch
 from .. import models as zoo
 from . import providers as prov
 from .environment import environment
+from . import timing
 from .timing import peak_memory_bytes, time_callable
 
 __all__ = ["Row", "run_benchmark", "default_workloads", "DTYPES", "FULL_MODELS",
@@ -221,6 +222,7 @@ def run_benchmark(
     from ..analysis import roofline
 
     env = environment(device)
+    env["host_allocator"] = timing.pin_host_allocator()
     limits = roofline.device_spec(device)  # datasheet on known GPUs; measured on a CPU
     env["roofline"] = limits.to_dict()
     env["modes"] = list(modes)

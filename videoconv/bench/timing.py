@@ -13,7 +13,49 @@ from typing import Callable
 
 import torch
 
-__all__ = ["Timing", "time_callable", "peak_memory_bytes"]
+__all__ = ["Timing", "time_callable", "peak_memory_bytes", "pin_host_allocator"]
+
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+#: glibc's ceiling for M_MMAP_THRESHOLD on 64-bit (4 * 1024 * 1024 * sizeof(long)).
+_MMAP_THRESHOLD_MAX = 32 << 20
+_pinned: "str | None" = None
+
+
+def pin_host_allocator() -> str:
+    """Keep glibc's malloc from handing freed memory back to the OS between iterations, for
+    the whole process; returns what was done (recorded in the benchmark's environment).
+
+    Why: by default glibc serves large blocks with ``mmap`` (or trims the heap top) and returns
+    them on ``free``, so every forward of an eager model re-faults its activations: about 13,000
+    page faults (50 MB) per X3D-S forward in float32, which made eager take anywhere between 70
+    and 130 ms from one process to the next depending on the allocator's history (its mmap
+    threshold adapts to what was freed before). Comparing providers then measures the
+    allocator. Pinning the mmap threshold at glibc's maximum (32 MiB) and disabling trimming
+    makes every provider reuse its memory, as tcmalloc/jemalloc (which PyTorch recommends for
+    CPU inference) do; it is applied before any provider runs, so all of them get it.
+    Not glibc (or no ``mallopt``): nothing is changed, and the string says so.
+    """
+    global _pinned
+    if _pinned is not None:
+        return _pinned
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        _pinned = "default (no glibc mallopt)"
+        return _pinned
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)  # int mallopt(int param, int value)
+    # The largest trim threshold an int holds (2 GiB) is "never trim" for a benchmark.
+    ok = mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    ok = mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) == 1 and ok
+    _pinned = ("glibc malloc, trimming off and mmap threshold pinned at 32 MiB (mallopt)" if ok
+               else "glibc malloc, default (mallopt refused)")
+    return _pinned
 
 
 @dataclasses.dataclass(frozen=True)
