@@ -257,3 +257,40 @@ def test_copies_do_not_share_the_plan():
             assert "_direct" not in other.__dict__
             torch.testing.assert_close(other(x), m(x), rtol=0, atol=0)
             assert other._direct is not m._direct
+
+
+def test_threads_with_different_forced_backends_keep_their_own(monkeypatch):
+    import threading
+
+    seen = {}
+    for cls in (CpuBackend, ReferenceBackend):
+        original = cls.__dict__["conv3d_bn_act"].__func__
+
+        def spy(klass, _original=original, **inputs):
+            seen.setdefault(threading.current_thread().name, set()).add(klass.name)
+            return _original(klass, **inputs)
+
+        monkeypatch.setattr(cls, "conv3d_bn_act", classmethod(spy))
+    m = _conv_module()
+    x = torch.randn(1, 8, 3, 5, 5)
+    errors = []
+
+    def work(forced):
+        try:
+            with torch.no_grad():
+                for _ in range(200):
+                    if forced:
+                        with backends.use("reference"):
+                            m(x)
+                    else:
+                        m(x)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(f,), name=f"forced={f}") for f in (True, False)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert seen == {"forced=True": {"reference"}, "forced=False": {"cpu"}}

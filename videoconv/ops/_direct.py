@@ -68,13 +68,16 @@ def _tensor_signature(t: Optional[Tensor]):
 
 class DirectPlan:
     """One module's cached (signature -> backend) decision for :func:`dispatcher_unobservable`
-    calls. ``hits`` counts direct calls (tests use it to see that the fast path ran)."""
+    calls. ``hits`` counts direct calls (tests use it to see that the fast path ran).
 
-    __slots__ = ("key", "backend", "hits")
+    The signature and its backend are one tuple, replaced whole: threads sharing a module (with
+    thread-local forced backends, ``backends.use``) never pair one call's signature with
+    another's backend."""
+
+    __slots__ = ("entry", "hits")
 
     def __init__(self) -> None:
-        self.key: Optional[Tuple[Any, ...]] = None
-        self.backend = None
+        self.entry: Optional[Tuple[Tuple[Any, ...], Any]] = None
         self.hits = 0
 
     def run(self, op_name: str, validate: Callable[[], Any], tensors: Tuple[Optional[Tensor], ...],
@@ -88,11 +91,12 @@ class DirectPlan:
             return None
         key = (tuple(_tensor_signature(t) for t in tensors), args, backends.forced_backend(),
                tuple(backends.PRIORITY))
-        if key != self.key:
-            self.key = None
-            validate()
-            self.backend = backends.select_backend(op_name, **inputs)
-            self.key = key
-        else:
+        entry = self.entry
+        if entry is not None and entry[0] == key:
+            backend = entry[1]
             self.hits += 1
-        return getattr(self.backend, op_name)(**inputs)
+        else:
+            validate()
+            backend = backends.select_backend(op_name, **inputs)
+            self.entry = (key, backend)
+        return getattr(backend, op_name)(**inputs)
