@@ -49,10 +49,12 @@ def dispatcher_unobservable(*tensors: Optional[Tensor]) -> bool:
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return False
     present = tuple(t for t in tensors if t is not None)
+    # Types before anything that reads a tensor attribute: an fx Proxy's attributes are
+    # proxies, which cannot be used in a condition.
+    if any(type(t) not in _PLAIN for t in present) or has_torch_function(present):
+        return False  # subclasses, proxies, __torch_function__ overrides and function modes
     if torch.is_grad_enabled() and any(t.requires_grad for t in present):
         return False
-    if any(type(t) not in _PLAIN for t in present) or has_torch_function(present):
-        return False  # subclasses, __torch_function__ overrides and function modes
     if torch._C._len_torch_dispatch_stack() > 0:  # FakeTensorMode, FlopCounterMode, ...
         return False
     if torch._C._functorch.peek_interpreter_stack() is not None:  # vmap, grad, jvp
