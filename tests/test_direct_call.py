@@ -202,16 +202,35 @@ def test_a_new_signature_is_checked_again():
         assert tuple(empty.shape) == (0, 8, 3, 5, 5)
 
 
-def test_forced_backend_changes_the_choice(monkeypatch):
-    calls = []
+def _spy_backends(monkeypatch, record):
+    """Make every cpu/reference computation call ``record(backend name)``: their
+    ``conv3d_bn_act`` and the calls their ``prepare_conv3d_bn_act`` returns."""
     for cls in (CpuBackend, ReferenceBackend):
         original = cls.__dict__["conv3d_bn_act"].__func__
 
         def spy(klass, _original=original, **inputs):
-            calls.append(klass.name)
+            record(klass.name)
             return _original(klass, **inputs)
 
         monkeypatch.setattr(cls, "conv3d_bn_act", classmethod(spy))
+        original_prepare = cls.prepare_conv3d_bn_act.__func__
+
+        def spy_prepare(klass, _original=original_prepare, **inputs):
+            run = _original(klass, **inputs)
+            if run is None:
+                return None
+
+            def recorded(x, residual):
+                record(klass.name)
+                return run(x, residual)
+            return recorded
+
+        monkeypatch.setattr(cls, "prepare_conv3d_bn_act", classmethod(spy_prepare))
+
+
+def test_forced_backend_changes_the_choice(monkeypatch):
+    calls = []
+    _spy_backends(monkeypatch, calls.append)
     m = _conv_module()
     x = torch.randn(1, 8, 3, 5, 5)
     with torch.no_grad():
@@ -263,14 +282,8 @@ def test_threads_with_different_forced_backends_keep_their_own(monkeypatch):
     import threading
 
     seen = {}
-    for cls in (CpuBackend, ReferenceBackend):
-        original = cls.__dict__["conv3d_bn_act"].__func__
-
-        def spy(klass, _original=original, **inputs):
-            seen.setdefault(threading.current_thread().name, set()).add(klass.name)
-            return _original(klass, **inputs)
-
-        monkeypatch.setattr(cls, "conv3d_bn_act", classmethod(spy))
+    _spy_backends(monkeypatch,
+                  lambda name: seen.setdefault(threading.current_thread().name, set()).add(name))
     m = _conv_module()
     x = torch.randn(1, 8, 3, 5, 5)
     errors = []
@@ -294,3 +307,56 @@ def test_threads_with_different_forced_backends_keep_their_own(monkeypatch):
         t.join()
     assert not errors
     assert seen == {"forced=True": {"reference"}, "forced=False": {"cpu"}}
+
+
+def test_prepared_call_follows_replaced_parameters_and_conv_arguments():
+    m = _conv_module()
+    x = torch.randn(1, 8, 3, 6, 6).contiguous(memory_format=CL)
+    with torch.no_grad():
+        m(x)
+        m(x)
+        assert "_prepared" in m.__dict__ and m._direct.hits == 1
+        # `.data =` keeps the Parameter object and its version: the storage changes.
+        m.conv.weight.data = torch.randn_like(m.conv.weight)
+        m.bn.running_var.data = torch.rand_like(m.bn.running_var) + 0.5
+        y = m(x)
+        torch.testing.assert_close(y.double(), _float64_chain(m, x), rtol=1e-4, atol=1e-4)
+        # Conv arguments changed on the module are seen too.
+        m.conv.padding = (0, 0, 0)
+        y = m(x)
+        assert tuple(y.shape) == (1, 8, 1, 4, 4)
+        torch.testing.assert_close(y.double(), _float64_chain(m, x), rtol=1e-4, atol=1e-4)
+        # A residual (or another layout of it) is part of the signature.
+        r = torch.randn(1, 8, 1, 4, 4)
+        y = m(x, r)
+        torch.testing.assert_close(y.double(), _float64_chain(m, x, r), rtol=1e-4, atol=1e-4)
+        y = m(x, r.contiguous(memory_format=CL))
+        torch.testing.assert_close(y.double(), _float64_chain(m, x, r), rtol=1e-4, atol=1e-4)
+
+
+def test_prepared_call_is_dropped_by_training_and_invalidation():
+    m = _conv_module()
+    x = torch.randn(2, 8, 3, 5, 5)
+    with torch.no_grad():
+        m(x)
+        m(x)
+        assert "_prepared" in m.__dict__
+        m.invalidate_fold_cache()
+        assert "_prepared" not in m.__dict__
+        m(x)
+        m.train()
+        m(x)  # batch statistics; updates the running statistics
+        assert "_prepared" not in m.__dict__
+        m.eval()
+        y = m(x)
+    torch.testing.assert_close(y.double(), _float64_chain(m, x), rtol=1e-4, atol=1e-4)
+
+
+def test_inference_tensor_parameters_are_never_prepared():
+    with torch.inference_mode():
+        m = _conv_module()  # parameters are inference tensors: no version counters
+        x = torch.randn(1, 8, 3, 5, 5)
+        m(x)
+        m(x)
+        assert m.__dict__.get("_prepared") is None
+        torch.testing.assert_close(m(x).double(), _float64_chain(m, x), rtol=1e-4, atol=1e-4)

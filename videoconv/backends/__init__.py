@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from typing import Any, Dict, Iterator, List, Optional, Type
+from typing import Any, Callable, Dict, Iterator, List, Optional, Type
 
 import torch
 
@@ -166,6 +166,16 @@ class Backend:
     def conv3d_bn_act(cls, *, input, weight, scale, shift, stride, padding, dilation, groups,
                       activation, residual):  # noqa: D401  (signature of the operator)
         raise NotImplementedError(f"backend {cls.name!r} does not implement conv3d_bn_act")
+
+    @classmethod
+    def prepare_conv3d_bn_act(cls, *, input, weight, scale, shift, stride, padding, dilation,
+                              groups, activation, residual) -> Optional[Callable]:
+        """Optional: a call ``(input, residual) -> output`` equal to :meth:`conv3d_bn_act` for
+        later inputs with the *same signature* (shape, strides, dtype, device) and the same
+        weight, scale and shift values, with the per-call work that depends on neither done
+        now (the modules' eval fast path keeps it while those hold; see
+        videoconv/ops/_direct.py). ``None``: no cheaper call than :meth:`conv3d_bn_act`."""
+        return None
 
     @classmethod
     def conv2plus1d_bn_act(cls, *, input, w1, scale1, shift1, w2, scale2, shift2, stride, padding,

@@ -212,34 +212,56 @@ def _conv(x, weight, scale, shift, stride, padding, dilation, groups, activation
     :func:`output_memory_format`)."""
     fmt = output_memory_format(x)
     x = x.contiguous(memory_format=fmt)
+    run = _prepare(weight, scale, shift, stride, padding, dilation, groups, activation, fmt,
+                   tuple(x.shape), out_format)
+    return run(x, residual)
+
+
+def _prepare(weight, scale, shift, stride, padding, dilation, groups, activation, fmt, input_size,
+             out_format=None):
+    """The call ``(x, residual) -> output`` for inputs of size ``input_size`` already in layout
+    ``fmt``, with the folded weight packed (or found in :data:`pack_cache`) now: everything that
+    does not depend on the input's values is decided here, once."""
     stride, padding, dilation = list(stride), list(padding), list(dilation)
     key = ((weight.dtype, weight.device, fmt, tuple(weight.shape)), tuple(stride), tuple(padding),
-           tuple(dilation), groups, tuple(x.shape))
+           tuple(dilation), groups, tuple(input_size))
     packed, bias = pack_cache.get(weight, scale, shift, key)
+    final = fmt if out_format is None else out_format
     mk = torch.ops.mkldnn
+
+    def finish(y):
+        return y if final is False else y.contiguous(memory_format=final)
+
     if _is_small_gemm(key):  # the pack cache then holds a plain float32 matrix, not a packed weight
-        y = _small_gemm(x, packed, bias, activation, residual)
-    elif residual is None:
-        y = mk._convolution_pointwise(x, packed, bias, padding, stride, dilation, groups,
-                                      _ONEDNN_ACT[activation], [], "")
-    else:
-        # For grouped bfloat16 convolutions torch computes the binary post-op with ATen's
-        # add_relu, which has no bfloat16 kernel: add in oneDNN, relu after (relu commutes with
-        # the rounding to bfloat16, so the result is the same).
-        relu_after = activation == "relu" and groups != 1 and x.dtype == torch.bfloat16
-        unary = "relu" if activation == "relu" and not relu_after else None
-        y = mk._convolution_pointwise.binary(x, residual, packed, bias, padding, stride, dilation,
-                                             groups, "add", None, unary, [], "")
-        if relu_after:
-            y = y.relu_()
-        elif activation == "silu":
-            if y.dtype == torch.float32:
-                y = F.silu(y, inplace=True)
-            else:
-                y = F.silu(y.float()).to(y.dtype)
-    if out_format is None:
-        return y.contiguous(memory_format=fmt)
-    return y if out_format is False else y.contiguous(memory_format=out_format)
+        return lambda x, residual: finish(_small_gemm(x, packed, bias, activation, residual))
+
+    unary = _ONEDNN_ACT[activation]
+
+    def conv(x, residual):
+        if residual is not None:
+            return finish(_binary(mk, x, residual, packed, bias, padding, stride, dilation, groups,
+                                  activation))
+        return finish(mk._convolution_pointwise(x, packed, bias, padding, stride, dilation, groups,
+                                                unary, [], ""))
+    return conv
+
+
+def _binary(mk, x, residual, packed, bias, padding, stride, dilation, groups, activation):
+    # For grouped bfloat16 convolutions torch computes the binary post-op with ATen's
+    # add_relu, which has no bfloat16 kernel: add in oneDNN, relu after (relu commutes with
+    # the rounding to bfloat16, so the result is the same).
+    relu_after = activation == "relu" and groups != 1 and x.dtype == torch.bfloat16
+    unary = "relu" if activation == "relu" and not relu_after else None
+    y = mk._convolution_pointwise.binary(x, residual, packed, bias, padding, stride, dilation,
+                                         groups, "add", None, unary, [], "")
+    if relu_after:
+        y = y.relu_()
+    elif activation == "silu":
+        if y.dtype == torch.float32:
+            y = F.silu(y, inplace=True)
+        else:
+            y = F.silu(y.float()).to(y.dtype)
+    return y
 
 
 _stats_kernel: Optional[bool] = None
@@ -298,6 +320,16 @@ class CpuBackend(Backend):
                       activation, residual):
         return _conv(input, weight, scale, shift, stride, padding, dilation, groups, activation,
                      residual)
+
+    @classmethod
+    def prepare_conv3d_bn_act(cls, *, input, weight, scale, shift, stride, padding, dilation,
+                              groups, activation, residual):
+        fmt = output_memory_format(input)
+        if not input.is_contiguous(memory_format=fmt):
+            return None  # every call would copy the input first: nothing to save
+        run = _prepare(weight, scale, shift, stride, padding, dilation, groups, activation, fmt,
+                       tuple(input.shape))
+        return lambda input, residual: run(input.contiguous(memory_format=fmt), residual)
 
     @classmethod
     def conv3d_bn_stats(cls, *, input, weight, stride, padding, dilation, groups):

@@ -123,12 +123,14 @@ class FusedModuleBase(nn.Module):
         ``.data`` (which has its own version counter); in-place updates, ``load_state_dict``,
         ``.to()`` and training steps are detected automatically."""
         self._fold_cache = None
+        self.__dict__.pop("_prepared", None)  # built from the fold (see Conv3dBNAct)
 
     def _forget_fold(self) -> None:
         # The running statistics change in training mode (native batch_norm updates them
         # without always bumping their version counter; num_batches_tracked's add_ does).
         if not torch.compiler.is_compiling():
             self._fold_cache = None
+            self.__dict__.pop("_prepared", None)
 
     def folded(self) -> Tuple[Tensor, ...]:
         """The folded per-channel scale/shift tensors (eval-mode semantics).
@@ -226,6 +228,7 @@ class FusedModuleBase(nn.Module):
         state = self.__dict__.copy()
         state["_fold_cache"] = None
         state.pop("_direct", None)
+        state.pop("_prepared", None)
         return state
 
     def __deepcopy__(self, memo):
@@ -236,7 +239,7 @@ class FusedModuleBase(nn.Module):
         import copy
 
         for k, v in self.__dict__.items():
-            if k == "_direct":  # a per-module backend choice; the copy makes its own
+            if k in ("_direct", "_prepared"):  # per-module call caches; the copy makes its own
                 continue
             setattr_ = object.__setattr__
             setattr_(new, k, None if k == "_fold_cache" else copy.deepcopy(v, memo))

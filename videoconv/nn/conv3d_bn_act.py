@@ -9,8 +9,11 @@ import torch.nn as nn
 from torch import Tensor
 
 from .. import ops
+from .. import backends
+from ..ops._direct import dispatcher_unobservable
 from ..ops.conv3d_bn_act import call_from_module as call_conv3d_bn_act
-from ._common import FusedModuleBase, activation_name
+from ..ops.conv3d_bn_act import prepare_from_module as prepare_conv3d_bn_act
+from ._common import FusedModuleBase, _cache_key, activation_name
 from .folding import fold_conv_bn
 
 __all__ = ["Conv3dBNAct", "check_conv3d_for_fusion", "check_bn_for_fusion"]
@@ -167,15 +170,45 @@ class Conv3dBNAct(FusedModuleBase):
             # path: conv + statistics in one op, then one element-wise step.
             self._forget_fold()
             return self._conv_bn_train(x, conv, bn, residual, self._conv_args(conv))
+        if self.backend is None:  # the common case, without a context manager per call
+            return self._eval_forward(x, residual, conv)
+        with self._backend_context():
+            return self._eval_forward(x, residual, conv)
+
+    def _eval_forward(self, x: Tensor, residual: Optional[Tensor], conv: nn.Conv3d) -> Tensor:
+        # Under no_grad/inference_mode, when nothing observes the dispatcher, a call prepared by
+        # the backend for this input signature and these parameter versions runs directly
+        # (videoconv/ops/_direct.py); its guard is checked on every call.
+        guard = None
+        if not torch.is_grad_enabled() and dispatcher_unobservable(x, residual, conv.weight):
+            guard = self._prepared_guard(x, residual, conv)
+            prepared = self.__dict__.get("_prepared")
+            if guard is not None and prepared is not None and prepared[0] == guard:
+                if prepared[1] is not None:
+                    self._direct_plan().hits += 1
+                    return prepared[1](x, residual)
+                guard = None  # this backend has no prepared call: the direct path below
         scale, shift = self.folded()
         stride, padding, dilation = self._conv_args(conv)
-        plan = self._direct_plan()
-        if self.backend is None:  # the common case, without a context manager per call
-            return call_conv3d_bn_act(plan, x, conv.weight, scale, shift, stride, padding,
-                                      dilation, conv.groups, self.activation, residual)
-        with self._backend_context():
-            return call_conv3d_bn_act(plan, x, conv.weight, scale, shift, stride, padding,
-                                      dilation, conv.groups, self.activation, residual)
+        out = call_conv3d_bn_act(self._direct_plan(), x, conv.weight, scale, shift, stride,
+                                 padding, dilation, conv.groups, self.activation, residual)
+        if guard is not None and x.shape[0] > 0:
+            self.__dict__["_prepared"] = (guard, prepare_conv3d_bn_act(
+                x, conv.weight, scale, shift, stride, padding, dilation, conv.groups,
+                self.activation, residual))
+        return out
+
+    def _prepared_guard(self, x: Tensor, residual: Optional[Tensor], conv: nn.Conv3d):
+        """What a prepared call depends on: the input signature, the backend choice, and every
+        parameter the fold and the packed weight come from (identity, storage, version: the
+        fold cache's key). None when a parameter has no version counter (inference tensors)."""
+        sources = tuple(None if t is None else _cache_key(t) for t in self._fold_sources())
+        if any(k is not None and k[2] < 0 for k in sources):
+            return None
+        return (x.shape, x.stride(), x.dtype, x.device,
+                None if residual is None else (residual.shape, residual.stride(), residual.dtype),
+                backends.forced_backend(), tuple(backends.PRIORITY), sources,
+                conv.stride, conv.padding, conv.dilation, conv.groups, self.activation)
 
     def extra_repr(self) -> str:
         s = f"activation={self.activation!r}"

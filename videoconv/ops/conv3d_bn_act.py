@@ -158,6 +158,19 @@ def call_from_module(plan: Optional[DirectPlan], input, weight, scale, shift, st
         input, weight, scale, shift, stride, padding, dilation, groups, activation, residual)
 
 
+def prepare_from_module(input, weight, scale, shift, stride, padding, dilation, groups,
+                        activation, residual):
+    """The backend's prepared call (``Backend.prepare_conv3d_bn_act``) for these arguments,
+    which already ran once through :func:`call_from_module` (so they are valid), or None. Only
+    when that call went around the dispatcher too (all tensors plain, nothing observing)."""
+    if not dispatcher_unobservable(input, weight, scale, shift, residual):
+        return None
+    inputs = _inputs(input, weight, scale, shift, stride, padding, dilation, groups, activation,
+                     residual)
+    backend = backends.select_backend("conv3d_bn_act", **inputs)
+    return backend.prepare_conv3d_bn_act(**inputs)
+
+
 @torch.library.register_fake(_OP)
 def _conv3d_bn_act_fake(input, weight, scale, shift, stride, padding, dilation, groups,
                         activation, residual):
