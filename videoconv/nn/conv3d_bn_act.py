@@ -8,7 +8,6 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .. import ops
 from .. import backends
 from ..ops._direct import dispatcher_unobservable
 from ..ops.conv3d_bn_act import call_from_module as call_conv3d_bn_act
@@ -206,7 +205,8 @@ class Conv3dBNAct(FusedModuleBase):
         if any(k is not None and k[2] < 0 for k in sources):
             return None
         return (x.shape, x.stride(), x.dtype, x.device,
-                None if residual is None else (residual.shape, residual.stride(), residual.dtype),
+                None if residual is None else (residual.shape, residual.stride(), residual.dtype,
+                                               residual.device),
                 backends.forced_backend(), tuple(backends.PRIORITY), sources,
                 conv.stride, conv.padding, conv.dilation, conv.groups, self.activation)
 

@@ -17,6 +17,18 @@ pass; the result is the same tensor, computed by the same code. Any change of si
 (another input size, layout, dtype, a forced backend) takes the full path again, which also
 raises the usual errors for bad input.
 
+A prepared call, one level further (``Conv3dBNAct`` under ``no_grad``/``inference_mode``). The
+direct call still pays ~30 µs per call: folding and pack-cache lookups, building the argument
+dict and the signature, the backend's own argument handling. A backend may therefore offer
+``prepare_conv3d_bn_act`` (the ``cpu`` backend does): a closure with the packed weight, the
+bias and the oneDNN arguments bound once. The module keeps it with a guard made of the input
+signature, the forced backend, the registered backends, the conv arguments and the fold cache's
+key of every parameter it comes from (identity, storage and version of the conv weight and
+bias and the BatchNorm parameters and statistics), and calls it while the guard holds; any
+change (an optimiser step, ``load_state_dict``, ``.to()``, ``.data =``, training-mode
+statistics, another input size) builds it again after a direct call. Parameters without
+version counters (inference tensors) never get one.
+
 When it is not used (:func:`dispatcher_unobservable`). Whenever skipping the dispatcher could be
 seen, as for ``nn.MultiheadAttention``'s fast path: autograd must record the op (grad mode on
 and a tensor that requires grad), ``torch.compile``/``torch.export``/``torch.jit`` is tracing, a
