@@ -29,10 +29,10 @@ def pin_host_allocator() -> str:
 
     Why: by default glibc serves large blocks with ``mmap`` (or trims the heap top) and returns
     them on ``free``, so every forward of an eager model re-faults its activations: about 13,000
-    page faults (50 MB) per X3D-S forward in float32, which made eager take anywhere between 70
-    and 130 ms from one process to the next depending on the allocator's history (its mmap
-    threshold adapts to what was freed before). Comparing providers then measures the
-    allocator. Pinning the mmap threshold at glibc's maximum (32 MiB) and disabling trimming
+    page faults (50 MB) per X3D-S forward in float32. How many depends on the allocator's
+    history (its mmap threshold adapts to what was freed before), and this was one cause of
+    eager X3D-S taking anywhere between 70 and 130 ms from one process to the next. Comparing
+    providers then partly measures the allocator. Pinning the mmap threshold at glibc's maximum (32 MiB) and disabling trimming
     makes every provider reuse its memory, as tcmalloc/jemalloc (which PyTorch recommends for
     CPU inference) do; it is applied before any provider runs, so all of them get it.
     Not glibc (or no ``mallopt``): nothing is changed, and the string says so.
