@@ -9,7 +9,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .. import backends
-from ..ops._direct import dispatcher_unobservable
+from ..ops._direct import dispatcher_unobservable, tensor_signature
 from ..ops.conv3d_bn_act import call_from_module as call_conv3d_bn_act
 from ..ops.conv3d_bn_act import prepare_from_module as prepare_conv3d_bn_act
 from ._common import FusedModuleBase, _cache_key, activation_name
@@ -204,11 +204,9 @@ class Conv3dBNAct(FusedModuleBase):
         sources = tuple(None if t is None else _cache_key(t) for t in self._fold_sources())
         if any(k is not None and k[2] < 0 for k in sources):
             return None
-        return (x.shape, x.stride(), x.dtype, x.device,
-                None if residual is None else (residual.shape, residual.stride(), residual.dtype,
-                                               residual.device),
-                backends.forced_backend(), tuple(backends.PRIORITY), sources,
-                conv.stride, conv.padding, conv.dilation, conv.groups, self.activation)
+        return (tensor_signature(x), tensor_signature(residual), backends.forced_backend(),
+                tuple(backends.PRIORITY), sources, conv.stride, conv.padding, conv.dilation,
+                conv.groups, self.activation)
 
     def extra_repr(self) -> str:
         s = f"activation={self.activation!r}"

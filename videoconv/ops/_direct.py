@@ -48,7 +48,7 @@ from torch.overrides import has_torch_function
 
 from .. import backends
 
-__all__ = ["DirectPlan", "dispatcher_unobservable"]
+__all__ = ["DirectPlan", "dispatcher_unobservable", "tensor_signature"]
 
 _PLAIN = (Tensor, torch.nn.Parameter)
 
@@ -76,7 +76,8 @@ def dispatcher_unobservable(*tensors: Optional[Tensor]) -> bool:
     return True
 
 
-def _tensor_signature(t: Optional[Tensor]):
+def tensor_signature(t: Optional[Tensor]):
+    """What a cached decision about ``t`` depends on: shape, strides, dtype, device."""
     return None if t is None else (t.shape, t.stride(), t.dtype, t.device)
 
 
@@ -103,7 +104,7 @@ class DirectPlan:
         ``validate`` runs the op's full input check, once per new signature."""
         if inputs["input"].shape[0] == 0:
             return None
-        key = (tuple(_tensor_signature(t) for t in tensors), args, backends.forced_backend(),
+        key = (tuple(tensor_signature(t) for t in tensors), args, backends.forced_backend(),
                tuple(backends.PRIORITY))
         entry = self.entry
         if entry is not None and entry[0] == key:
