@@ -360,3 +360,31 @@ def test_inference_tensor_parameters_are_never_prepared():
         m(x)
         assert m.__dict__.get("_prepared") is None
         torch.testing.assert_close(m(x).double(), _float64_chain(m, x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("activation,with_residual,size", [
+    ("relu", False, (1, 1, 1)), ("identity", True, (1, 1, 1)), ("silu", True, (2, 2, 3))])
+def test_prepared_small_gemm_equals_the_op_and_float64(layout, dtype, activation, with_residual,
+                                                         size):
+    """Squeeze-and-Excitation convs (1x1x1 on a pooled map) and small heads: the cpu backend's
+    prepared call is a small GEMM bound to the input's shape (cpu._prepare_small_gemm); it must
+    give the op's exact result, in the input's layout, for later calls too."""
+    m = _randomise(Conv3dBNAct(24, 16, 1, activation=activation)).to(dtype)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 24, *size, generator=g).to(dtype).contiguous(memory_format=layout)
+    r = None
+    if with_residual:
+        r = torch.randn(2, 16, *size, generator=g).to(dtype).contiguous(memory_format=layout)
+    with torch.no_grad():
+        m(x, r)
+        assert "_prepared" in m.__dict__
+        prepared = [m(x, r), m(x, r)]
+        via_op = _op_result(m, x, r)
+    assert m._direct.hits == 2
+    for y in prepared:
+        assert y.dtype == dtype and y.is_contiguous(memory_format=layout)
+        assert torch.equal(y, via_op)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(prepared[0].double(), _float64_chain(m, x, r), rtol=tol, atol=tol)

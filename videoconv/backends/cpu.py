@@ -181,7 +181,7 @@ def _pack(weight, scale, shift, key):
     with torch.no_grad():
         w = weight.detach().double() * scale.detach().double().view(-1, 1, 1, 1, 1)
         bias = shift.detach().to(dtype).contiguous()
-        if _is_small_gemm(key):  # a plain (C_out, C_in) matrix for F.linear, in float32
+        if _is_small_gemm(key):  # a plain (C_out, C_in) float32 matrix (_prepare_small_gemm)
             return w.to(dtype).reshape(w.shape[0], w.shape[1]).float().contiguous(), bias.float()
         w = w.to(dtype).contiguous(memory_format=torch.channels_last_3d)
         packed = torch.ops.mkldnn._reorder_convolution_weight(
@@ -189,20 +189,41 @@ def _pack(weight, scale, shift, key):
     return packed, bias
 
 
-def _small_gemm(x, w2d, bias, activation, residual):
-    """``act(x @ w2d.T + bias [+ residual])`` over the rows (positions) of ``x``, computed in
-    float32 and rounded once to ``x``'s dtype; returned channels_last_3d-strided, as oneDNN's
-    output is."""
-    n, c, d, h, w = x.shape
-    rows = x.permute(0, 2, 3, 4, 1).reshape(-1, c).float()
-    y = F.linear(rows, w2d, bias)
-    if residual is not None:
-        y += residual.permute(0, 2, 3, 4, 1).reshape(y.shape)
-    if activation == "relu":
-        y = y.relu_()
-    elif activation == "silu":
-        y = F.silu(y, inplace=True)
-    return y.to(x.dtype).view(n, d, h, w, -1).permute(0, 4, 1, 2, 3)
+def _prepare_small_gemm(w2d, bias, activation, input_size, dtype, final):
+    """The call ``(x, residual) -> act(x @ w2d.T + bias [+ residual])`` over the rows (positions)
+    of inputs of size ``input_size``, computed in float32 and rounded once to ``dtype``; the
+    result is channels_last_3d-strided, as oneDNN's output is, then put in layout ``final``
+    (False: left as it is; an (N, C, 1, 1, 1) result is in every layout).
+
+    Everything that depends only on the shape is decided here: these calls are ~10 µs, so the
+    permutes, reshapes and dtype checks a general version repeats would be a third of that.
+    ``w2d.t()`` is a view that BLAS reads transposed (no copy)."""
+    n, c, d, h, w = input_size
+    wt = w2d.t()
+    # (N, C, 1, 1, 1), the Squeeze-and-Excitation case, is both contiguous and channels_last_3d:
+    # a plain (N, C) matrix either way.
+    point = d == h == w == 1
+    to_float = dtype != torch.float32
+
+    def rows_of(t):
+        return t.reshape(n, -1) if point else t.permute(0, 2, 3, 4, 1).reshape(n * d * h * w, -1)
+
+    def run(x, residual):
+        rows = rows_of(x)
+        y = torch.addmm(bias, rows.float() if to_float else rows, wt)
+        if residual is not None:
+            y += rows_of(residual)
+        if activation == "relu":
+            y.relu_()
+        elif activation == "silu":
+            F.silu(y, inplace=True)
+        if to_float:
+            y = y.to(dtype)
+        if point:
+            return y.view(n, -1, 1, 1, 1)  # every layout at once
+        y = y.view(n, d, h, w, -1).permute(0, 4, 1, 2, 3)  # channels_last_3d
+        return y if final is False else y.contiguous(memory_format=final)
+    return run
 
 
 def _conv(x, weight, scale, shift, stride, padding, dilation, groups, activation, residual,
@@ -233,7 +254,7 @@ def _prepare(weight, scale, shift, stride, padding, dilation, groups, activation
         return y if final is False else y.contiguous(memory_format=final)
 
     if _is_small_gemm(key):  # the pack cache then holds a plain float32 matrix, not a packed weight
-        return lambda x, residual: finish(_small_gemm(x, packed, bias, activation, residual))
+        return _prepare_small_gemm(packed, bias, activation, input_size, weight.dtype, final)
 
     unary = _ONEDNN_ACT[activation]
 
@@ -327,9 +348,10 @@ class CpuBackend(Backend):
         fmt = output_memory_format(input)
         if not input.is_contiguous(memory_format=fmt):
             return None  # every call would copy the input first: nothing to save
-        run = _prepare(weight, scale, shift, stride, padding, dilation, groups, activation, fmt,
-                       tuple(input.shape))
-        return lambda input, residual: run(input.contiguous(memory_format=fmt), residual)
+        # The caller guards the call with the input's signature (strides included), so later
+        # inputs are in ``fmt`` too and go in as they are.
+        return _prepare(weight, scale, shift, stride, padding, dilation, groups, activation, fmt,
+                        tuple(input.shape))
 
     @classmethod
     def conv3d_bn_stats(cls, *, input, weight, stride, padding, dilation, groups):

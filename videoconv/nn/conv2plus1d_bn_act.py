@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .. import ops
 from ..ops.conv2plus1d_bn_act import call_from_module as call_conv2plus1d_bn_act
-from ._common import FusedModuleBase, activation_name
+from ._common import FusedModuleBase, _fold_sources_of, activation_name
 from .conv3d_bn_act import check_bn_for_fusion, check_conv3d_for_fusion
 from .folding import fold_conv_bn
 
@@ -170,12 +170,7 @@ class Conv2Plus1dBNAct(FusedModuleBase):
     bn2 = property(lambda self: self._get("bn2"))
 
     def _fold_sources(self):
-        out = []
-        for c, b in ((self.conv1, self.bn1), (self.conv2, self.bn2)):
-            out += [c.weight, c.bias]
-            if b is not None:
-                out += [b.weight, b.bias, b.running_mean, b.running_var, b.num_batches_tracked]
-        return tuple(out)
+        return _fold_sources_of(self.conv1, self.bn1) + _fold_sources_of(self.conv2, self.bn2)
 
     def _fold(self):
         return fold_conv_bn(self.conv1, self.bn1) + fold_conv_bn(self.conv2, self.bn2)

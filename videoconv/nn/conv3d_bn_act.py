@@ -12,7 +12,8 @@ from .. import backends
 from ..ops._direct import dispatcher_unobservable, tensor_signature
 from ..ops.conv3d_bn_act import call_from_module as call_conv3d_bn_act
 from ..ops.conv3d_bn_act import prepare_from_module as prepare_conv3d_bn_act
-from ._common import FusedModuleBase, _cache_key, activation_name
+from ._common import (FusedModuleBase, _fold_sources_of, _sources_key, activation_name,
+                      module_tensor)
 from .folding import fold_conv_bn
 
 __all__ = ["Conv3dBNAct", "check_conv3d_for_fusion", "check_bn_for_fusion"]
@@ -153,11 +154,7 @@ class Conv3dBNAct(FusedModuleBase):
         return self._get("bn")
 
     def _fold_sources(self):
-        conv, bn = self.conv, self.bn
-        if bn is None:
-            return (conv.weight, conv.bias)
-        return (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var,
-                bn.num_batches_tracked)
+        return _fold_sources_of(self.conv, self.bn)
 
     def _fold(self) -> Tuple[Tensor, Tensor]:
         return fold_conv_bn(self.conv, self.bn)
@@ -170,17 +167,19 @@ class Conv3dBNAct(FusedModuleBase):
             self._forget_fold()
             return self._conv_bn_train(x, conv, bn, residual, self._conv_args(conv))
         if self.backend is None:  # the common case, without a context manager per call
-            return self._eval_forward(x, residual, conv)
+            return self._eval_forward(x, residual, conv, bn)
         with self._backend_context():
-            return self._eval_forward(x, residual, conv)
+            return self._eval_forward(x, residual, conv, bn)
 
-    def _eval_forward(self, x: Tensor, residual: Optional[Tensor], conv: nn.Conv3d) -> Tensor:
+    def _eval_forward(self, x: Tensor, residual: Optional[Tensor], conv: nn.Conv3d,
+                      bn: Optional[nn.BatchNorm3d]) -> Tensor:
         # Under no_grad/inference_mode, when nothing observes the dispatcher, a call prepared by
         # the backend for this input signature and these parameter versions runs directly
         # (videoconv/ops/_direct.py); its guard is checked on every call.
         guard = None
-        if not torch.is_grad_enabled() and dispatcher_unobservable(x, residual, conv.weight):
-            guard = self._prepared_guard(x, residual, conv)
+        if not torch.is_grad_enabled() and dispatcher_unobservable(x, residual,
+                                                                  module_tensor(conv, "weight")):
+            guard = self._prepared_guard(x, residual, conv, bn)
             prepared = self.__dict__.get("_prepared")
             if guard is not None and prepared is not None and prepared[0] == guard:
                 if prepared[1] is not None:
@@ -197,12 +196,13 @@ class Conv3dBNAct(FusedModuleBase):
                 self.activation, residual))
         return out
 
-    def _prepared_guard(self, x: Tensor, residual: Optional[Tensor], conv: nn.Conv3d):
+    def _prepared_guard(self, x: Tensor, residual: Optional[Tensor], conv: nn.Conv3d,
+                        bn: Optional[nn.BatchNorm3d]):
         """What a prepared call depends on: the input signature, the backend choice, and every
         parameter the fold and the packed weight come from (identity, storage, version: the
         fold cache's key). None when a parameter has no version counter (inference tensors)."""
-        sources = tuple(None if t is None else _cache_key(t) for t in self._fold_sources())
-        if any(k is not None and k[2] < 0 for k in sources):
+        sources, versioned = _sources_key(_fold_sources_of(conv, bn))
+        if not versioned:
             return None
         return (tensor_signature(x), tensor_signature(residual), backends.forced_backend(),
                 tuple(backends.PRIORITY), sources, conv.stride, conv.padding, conv.dilation,
