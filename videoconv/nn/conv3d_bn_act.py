@@ -12,8 +12,7 @@ from .. import backends
 from ..ops._direct import dispatcher_unobservable, tensor_signature
 from ..ops.conv3d_bn_act import call_from_module as call_conv3d_bn_act
 from ..ops.conv3d_bn_act import prepare_from_module as prepare_conv3d_bn_act
-from ._common import (FusedModuleBase, _fold_sources_of, _sources_key, activation_name,
-                      module_tensor)
+from ._common import FusedModuleBase, _fold_sources_of, _sources_key, activation_name
 from .folding import fold_conv_bn
 
 __all__ = ["Conv3dBNAct", "check_conv3d_for_fusion", "check_bn_for_fusion"]
@@ -177,15 +176,16 @@ class Conv3dBNAct(FusedModuleBase):
         # the backend for this input signature and these parameter versions runs directly
         # (videoconv/ops/_direct.py); its guard is checked on every call.
         guard = None
-        if not torch.is_grad_enabled() and dispatcher_unobservable(x, residual,
-                                                                  module_tensor(conv, "weight")):
-            guard = self._prepared_guard(x, residual, conv, bn)
-            prepared = self.__dict__.get("_prepared")
-            if guard is not None and prepared is not None and prepared[0] == guard:
-                if prepared[1] is not None:
-                    self._direct_plan().hits += 1
-                    return prepared[1](x, residual)
-                guard = None  # this backend has no prepared call: the direct path below
+        if not torch.is_grad_enabled():
+            sources = _fold_sources_of(conv, bn)  # the tensors only; nothing read from them yet
+            if dispatcher_unobservable(x, residual, sources[0]):
+                guard = self._prepared_guard(x, residual, conv, sources)
+                prepared = self.__dict__.get("_prepared")
+                if guard is not None and prepared is not None and prepared[0] == guard:
+                    if prepared[1] is not None:
+                        self._direct_plan().hits += 1
+                        return prepared[1](x, residual)
+                    guard = None  # this backend has no prepared call: the direct path below
         scale, shift = self.folded()
         stride, padding, dilation = self._conv_args(conv)
         out = call_conv3d_bn_act(self._direct_plan(), x, conv.weight, scale, shift, stride,
@@ -197,15 +197,16 @@ class Conv3dBNAct(FusedModuleBase):
         return out
 
     def _prepared_guard(self, x: Tensor, residual: Optional[Tensor], conv: nn.Conv3d,
-                        bn: Optional[nn.BatchNorm3d]):
+                        sources: Tuple[Optional[Tensor], ...]):
         """What a prepared call depends on: the input signature, the backend choice, and every
-        parameter the fold and the packed weight come from (identity, storage, version: the
-        fold cache's key). None when a parameter has no version counter (inference tensors)."""
-        sources, versioned = _sources_key(_fold_sources_of(conv, bn))
+        parameter the fold and the packed weight come from (``sources``: identity, storage,
+        version, the fold cache's key). None when a parameter has no version counter (inference
+        tensors)."""
+        key, versioned = _sources_key(sources)
         if not versioned:
             return None
         return (tensor_signature(x), tensor_signature(residual), backends.forced_backend(),
-                tuple(backends.PRIORITY), sources, conv.stride, conv.padding, conv.dilation,
+                tuple(backends.PRIORITY), key, conv.stride, conv.padding, conv.dilation,
                 conv.groups, self.activation)
 
     def extra_repr(self) -> str:
