@@ -11,10 +11,10 @@ Times one ``Conv3dBNAct`` (depthwise 3x3x3 + BN + ReLU, channels_last_3d) under 
 * ``prepared call``: the cpu backend's prepared call (packed weight and arguments bound once);
 * ``bare oneDNN call``: ``torch.ops.mkldnn._convolution_pointwise`` alone, the floor.
 
-``--se`` times a Squeeze-and-Excitation reduction instead, as X3D has: a 1x1x1 conv with bias,
-``channels -> channels / 16`` (rounded as X3D does), then ReLU, on a pooled (1, C, 1, 1, 1) input; the
-fused module (its prepared call is one small GEMM) against the eager ``nn.Conv3d`` and ``nn.ReLU``
-modules it replaces.
+``--se`` times a Squeeze-and-Excitation's two convolutions instead, as X3D has them: 1x1x1 with
+bias on a pooled (1, C, 1, 1, 1) map, ``C -> C / 16`` (rounded as X3D does) + ReLU, then back
+to C with no activation; the fused modules (their prepared call is one small GEMM) against the
+eager ``nn.Conv3d``/``nn.ReLU`` modules they replace.
 
 Best of 7 loops of 1000 calls each, in one process; the paths are switched by patching the two
 module-level hooks the modules call, which is what this script is for (not for production).
@@ -47,20 +47,27 @@ def _best_us(fn, calls: int = 1000, loops: int = 7) -> float:
 
 
 def _squeeze_excitation(c: int, dtype: torch.dtype) -> None:
-    """The SE reduction conv + ReLU: eager modules against the fused module's prepared call."""
+    """SE's two convs on a pooled map: eager modules against the fused module's prepared call."""
     reduced = round_width(c, 1 / 16)  # X3D's SE width (16 for 216 channels)
-    eager = torch.nn.Sequential(torch.nn.Conv3d(c, reduced, 1), torch.nn.ReLU()).eval().to(dtype)
-    fused = Conv3dBNAct.from_modules(eager[0], None, eager[1])
+    reduce = torch.nn.Sequential(torch.nn.Conv3d(c, reduced, 1), torch.nn.ReLU()).eval().to(dtype)
+    expand = torch.nn.Conv3d(reduced, c, 1).eval().to(dtype)  # no activation: sigmoid comes after
+    fused_reduce = Conv3dBNAct.from_modules(reduce[0], None, reduce[1])
+    fused_expand = Conv3dBNAct.from_modules(expand, None, None)
     x = torch.randn(1, c, 1, 1, 1, dtype=dtype).contiguous(memory_format=torch.channels_last_3d)
+    s = torch.randn(1, reduced, 1, 1, 1, dtype=dtype).contiguous(memory_format=torch.channels_last_3d)
     with torch.no_grad():
-        results = {"eager Conv3d + ReLU": _best_us(lambda: eager(x)),
-                   "fused, prepared call": _best_us(lambda: fused(x))}
+        results = {
+            f"reduce {c} -> {reduced} + ReLU, eager": _best_us(lambda: reduce(x)),
+            f"reduce {c} -> {reduced} + ReLU, fused": _best_us(lambda: fused_reduce(x)),
+            f"expand {reduced} -> {c}, eager": _best_us(lambda: expand(s)),
+            f"expand {reduced} -> {c}, fused": _best_us(lambda: fused_expand(s)),
+        }
     env = environment(x.device)
     print(f"{env['device']}, torch {env['torch']}, rev {env['git_revision']}, {env['date']}")
-    print(f"SE reduction {c} -> {reduced}, 1x1x1 conv with bias + ReLU on (1, {c}, 1, 1, 1), "
-          f"{dtype}, channels_last_3d, no_grad; best of 7 x 1000 calls")
+    print(f"SE convs (1x1x1 with bias) on a pooled map, {dtype}, channels_last_3d, no_grad; eager "
+          "modules against the fused module's prepared call; best of 7 x 1000 calls")
     for name, us in results.items():
-        print(f"  {name:<22} {us:7.1f} µs")
+        print(f"  {name:<32} {us:7.1f} µs")
 
 
 def main() -> None:
@@ -70,7 +77,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs=3, default=(13, 5, 5), metavar=("D", "H", "W"))
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--se", action="store_true",
-                        help="time a Squeeze-and-Excitation reduction conv instead")
+                        help="time a Squeeze-and-Excitation's two convs instead")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     if args.se:
