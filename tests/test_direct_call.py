@@ -388,3 +388,34 @@ def test_prepared_small_gemm_equals_the_op_and_float64(layout, dtype, activation
         assert torch.equal(y, via_op)
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(prepared[0].double(), _float64_chain(m, x, r), rtol=tol, atol=tol)
+
+
+class _Scaled(nn.Module):
+    """A weight parametrization (torch.nn.utils.parametrize): the conv's ``weight`` is then
+    computed on each access and is not in its ``_parameters``."""
+
+    def __init__(self):
+        super().__init__()
+        self.factor = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, w):
+        return w * self.factor
+
+
+def test_parametrized_weight_is_read_through_getattr():
+    """The guard reads parameters from the modules' dicts when they are there
+    (``_common.module_tensor``); a parametrized weight is not, and must still be seen: changing
+    the parametrization changes the output."""
+    from torch.nn.utils import parametrize
+
+    m = _conv_module()
+    parametrize.register_parametrization(m.conv, "weight", _Scaled())
+    x = torch.randn(1, 8, 3, 5, 5).contiguous(memory_format=CL)
+    with torch.no_grad():
+        m(x)
+        first = m(x)
+        torch.testing.assert_close(first.double(), _float64_chain(m, x), rtol=1e-4, atol=1e-4)
+        m.conv.parametrizations.weight[0].factor.fill_(-0.5)
+        second = m(x)
+    torch.testing.assert_close(second.double(), _float64_chain(m, x), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(first, second)
