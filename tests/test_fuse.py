@@ -365,3 +365,19 @@ def test_compile_fullgraph_fused_block():
     with torch.no_grad():
         expected = model(x)
         assert_close_rel(compiled(x), expected, 1e-4)
+
+
+@pytest.mark.parametrize("name", ["r2plus1d_18", "x3d_s"])
+def test_fused_model_traces_with_torch_fx(name):
+    """``torch.fx.symbolic_trace`` of a fused model (as FX-based tools do) gives a GraphModule
+    that calls the videoconv ops and computes what the original model does. The fused modules
+    read their parameters for the fold cache's guard from the modules' dicts, so tracing them
+    never puts an fx Proxy in a Python condition."""
+    model = randomise_batch_norm(models.get_model(name, num_classes=5), seed=11).eval()
+    fused = videoconv.fuse(model)
+    traced = torch.fx.symbolic_trace(fused)
+    targets = {str(n.target) for n in traced.graph.nodes if n.op == "call_function"}
+    assert any("videoconv" in t for t in targets)
+    x = torch.randn(1, 3, 4, 32, 32)
+    with torch.no_grad():
+        assert_close_rel(traced(x), model(x), 1e-4)
