@@ -23,12 +23,24 @@ reduction post-op, and ``_convolution_pointwise`` exposes no hook into its JIT k
 tiles. The pass reads the output once (eager BatchNorm reads it twice for mean and variance before
 normalising), in fixed-size blocks that stay in cache while each is centred (see the C++ file).
 
+Convolutions with a (kt, 3, 3) kernel, stride 1 and no groups (the spatial convs of R(2+1)D, the
+3x3x3 convs of R3D/I3D) run instead through Winograd's F(4x4, 3x3) in the spatial dimensions:
+``videoconv::_conv3d_winograd_cpu`` (csrc/cpu/conv3d_winograd.cpp), with the folded weight
+transformed once per weight (:func:`_winograd_weight`, float64, cached like a packed weight) and
+the shift, residual and activation applied in the kernel's output transform. It does 4x fewer
+multiplies; oneDNN's direct kernels already run near the FMA peak there, so this is the only
+way left to be faster. The products are float32 (also for bfloat16 tensors; see the C++ file
+for why). Which layers qualify is :func:`_use_winograd`; ``VIDEOCONV_CPU_WINOGRAD=0`` (read at
+import) turns it off, e.g. to compare with oneDNN or to get oneDNN's rounding exactly.
+
 float32 and bfloat16 only (float16 convolutions fail on CPUs without AVX512-FP16/AMX-FP16; float64
 is the reference backend's job). The output has the input's memory format, as in every backend.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import threading
 import weakref
 from typing import Any, Dict, List, Optional, Tuple
@@ -175,6 +187,89 @@ def _is_small_gemm(key) -> bool:
             and rows * wshape[0] * wshape[1] <= _SMALL_GEMM_MACS)
 
 
+#: Winograd F(4x4, 3x3) for eligible convolutions (see the module docstring); read at import.
+WINOGRAD = os.environ.get("VIDEOCONV_CPU_WINOGRAD", "1") != "0"
+
+#: Limits of the Winograd path (:func:`_use_winograd`), from timings on this project's 2-core
+#: AMD EPYC (Zen 4, AVX-512 BF16, no AMX) against oneDNN's direct convolution, same process:
+#:
+#: * float32: faster on every r3d_18 / r2plus1d_18 layer shape tried, 1.5x (7x7 maps) to 2.9x;
+#: * bfloat16: 1.35-1.46x with >= 392 output tiles (r2plus1d_18 / r3d_18 layer1 and layer2),
+#:   0.86x on r3d_18's 256-channel 4x14x14 layer (64 tiles: too little work per byte of the
+#:   28 MB transformed weight, which then comes from DRAM) and 0.78-0.80x on the 7x7 layers.
+#:   oneDNN's bfloat16 kernels run at twice the float32 rate, so the margin is small: at least
+#:   _WINOGRAD_MIN_TILES_BF16 tiles and 64 channels each way (K = 32 GEMMs run well below peak).
+#: * the transformed weight is float32 and 36/9 the size of the kernel's spatial taps, i.e. 4x
+#:   (float32) or 8x (bfloat16) the weight: at most _WINOGRAD_MAX_WEIGHT_BYTES per layer, which
+#:   leaves r2plus1d_18's layer4 (85 MB per conv) to oneDNN.
+_WINOGRAD_MIN_TILES_BF16 = 128
+_WINOGRAD_MIN_CHANNELS_BF16 = 64
+_WINOGRAD_MAX_WEIGHT_BYTES = 32 << 20
+_WINOGRAD_LANES = 16  # the kernel's channel vector (csrc/cpu/conv3d_winograd.cpp)
+
+_winograd_kernel: Optional[bool] = None
+
+
+def _has_winograd_kernel() -> bool:
+    global _winograd_kernel
+    if _winograd_kernel is None:
+        try:
+            _winograd_kernel = hasattr(torch.ops.videoconv, "_conv3d_winograd_cpu")
+        except RuntimeError:
+            _winograd_kernel = False
+    return _winograd_kernel
+
+
+def _winograd_tiles(key) -> int:
+    """Output tiles (4x4 positions of one output frame) of the convolution ``key`` describes."""
+    (_, _, _, wshape), _, padding, _, _, input_size = key
+    n, _, d, h, w = input_size
+    d_out = d + 2 * padding[0] - wshape[2] + 1
+    h_out, w_out = h + 2 * padding[1] - 2, w + 2 * padding[2] - 2
+    return n * max(d_out, 0) * math.ceil(max(h_out, 0) / 4) * math.ceil(max(w_out, 0) / 4)
+
+
+def _use_winograd(key) -> bool:
+    """Whether the convolution ``key`` describes runs through the Winograd kernel: a (kt, 3, 3)
+    kernel, stride and dilation 1, no groups, spatial padding <= 2, channels_last_3d, channel
+    counts multiples of 16, and the size limits above."""
+    (dtype, _, fmt, wshape), stride, padding, dilation, groups, input_size = key
+    if not (WINOGRAD and fmt == torch.channels_last_3d and tuple(wshape[3:]) == (3, 3)
+            and tuple(stride) == (1, 1, 1) and tuple(dilation) == (1, 1, 1) and groups == 1
+            and padding[1] <= 2 and padding[2] <= 2 and _has_winograd_kernel()):
+        return False
+    c_out, c_in, taps = wshape[0], wshape[1], wshape[2]
+    if c_in % _WINOGRAD_LANES or c_out % _WINOGRAD_LANES:
+        return False
+    if 4 * 36 * taps * c_in * c_out > _WINOGRAD_MAX_WEIGHT_BYTES:
+        return False
+    tiles = _winograd_tiles(key)
+    if dtype == torch.float32:
+        return tiles > 0
+    return (dtype == torch.bfloat16 and tiles >= _WINOGRAD_MIN_TILES_BF16
+            and min(c_in, c_out) >= _WINOGRAD_MIN_CHANNELS_BF16)
+
+
+# G of F(4x4, 3x3) (Lavin & Gray 2016), exact in float64: U = G g G^T per 3x3 slice.
+_WINOGRAD_G = (
+    (1 / 4, 0.0, 0.0),
+    (-1 / 6, -1 / 6, -1 / 6),
+    (-1 / 6, 1 / 6, -1 / 6),
+    (1 / 24, 1 / 12, 1 / 6),
+    (1 / 24, -1 / 12, 1 / 6),
+    (0.0, 0.0, 1.0),
+)
+
+
+def _winograd_weight(folded: torch.Tensor) -> torch.Tensor:
+    """The kernel's transformed weight ``U`` (kt, 36, C_in, C_out), float32, from the folded
+    float64 weight (C_out, C_in, kt, 3, 3): one rounding, after the transform."""
+    g = torch.tensor(_WINOGRAD_G, dtype=torch.float64, device=folded.device)
+    u = torch.einsum("ik,octkl,jl->tijco", g, folded, g)
+    taps, c_in, c_out = folded.shape[2], folded.shape[1], folded.shape[0]
+    return u.reshape(taps, 36, c_in, c_out).float().contiguous()
+
+
 def _pack(weight, scale, shift, key):
     _, stride, padding, dilation, groups, input_size = key
     dtype = weight.dtype
@@ -183,6 +278,10 @@ def _pack(weight, scale, shift, key):
         bias = shift.detach().to(dtype).contiguous()
         if _is_small_gemm(key):  # a plain (C_out, C_in) float32 matrix (_prepare_small_gemm)
             return w.to(dtype).reshape(w.shape[0], w.shape[1]).float().contiguous(), bias.float()
+        if _use_winograd(key):  # the transformed float32 weight and a float32 shift
+            # From the float64 folded weight, with no rounding to the dtype first: oneDNN needs
+            # the weight in the input's dtype, this kernel does not.
+            return _winograd_weight(w), shift.detach().float().contiguous()
         w = w.to(dtype).contiguous(memory_format=torch.channels_last_3d)
         packed = torch.ops.mkldnn._reorder_convolution_weight(
             w, list(padding), list(stride), list(dilation), groups, list(input_size))
@@ -255,6 +354,15 @@ def _prepare(weight, scale, shift, stride, padding, dilation, groups, activation
 
     if _is_small_gemm(key):  # the pack cache then holds a plain float32 matrix, not a packed weight
         return _prepare_small_gemm(packed, bias, activation, input_size, weight.dtype, final)
+
+    if _use_winograd(key):
+        winograd = torch.ops.videoconv._conv3d_winograd_cpu.default
+
+        def conv_winograd(x, residual):
+            if residual is not None:
+                residual = residual.contiguous(memory_format=torch.channels_last_3d)
+            return finish(winograd(x, packed, bias, padding, activation, residual))
+        return conv_winograd
 
     unary = _ONEDNN_ACT[activation]
 

@@ -1,0 +1,347 @@
+// videoconv::_conv3d_winograd_cpu: Conv3d + folded BN + activation (+ residual) for kernels
+// (kt, 3, 3), stride 1, dilation 1, groups 1, by Winograd's minimal filtering F(4x4, 3x3) in
+// the two spatial dimensions (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks",
+// 2016) and a direct sum over the kt temporal taps.
+//
+// Why: on a CPU without AMX these layers (the 3x3 spatial convs of R(2+1)D, the 3x3x3 convs of
+// R3D/I3D) already run in oneDNN at ~80-95% of the FMA peak, so no direct kernel can be much
+// faster. F(4x4, 3x3) computes a 4x4 output tile with 36 multiplies per (input, output) channel
+// pair instead of 144, i.e. 4x fewer; the rest is cheap transforms that are linear in the
+// number of channels. The products run in float32 even for bfloat16 tensors: float32 FMAs run at
+// half the bfloat16 dot-product rate, so the net gain over a bfloat16 direct conv is at most 2x,
+// but bfloat16 Winograd transforms lose too much precision (the transforms' coefficients reach
+// 5 and 8 and their sums cancel), while float32 transforms of bfloat16 inputs are more accurate
+// than a bfloat16 direct conv (measured: 2e-3 against 6e-3 max relative error).
+//
+// Algorithm, per block of kTileBlock output tiles (4x4 positions of one output frame each):
+//   for each temporal tap kt:
+//     V[p][tile][ci] = (B^T d B)[p]   d = the 6x6 input patch of the tile in frame t + kt - pt
+//     M[p] += V[p] @ U[kt][p]          36 GEMMs (tiles x Ci) @ (Ci x Co), at::native::cpublas::
+//                                      brgemm (oneDNN's f32 micro-kernel), accumulating over kt
+//   y = act(A^T M A + shift [+ residual])  the 4x4 outputs, written in place
+// U[kt][p] = (G g G^T)[p] with the BN scale already folded into g, computed once per weight in
+// float64 by the Python side (videoconv/backends/cpu.py, _winograd_weight) and cached.
+// The block's V (36 x tiles x Ci) and M (36 x tiles x Co) float32 buffers are sized to stay in
+// L2 (32 tiles: 295 KB and 663 KB for Ci = 64, Co = 144), so the transforms and GEMMs touch
+// memory only for the input, U and the output.
+//
+// Layout: channels_last_3d input, residual and output (the channel vector of a position is
+// contiguous, and the transforms run 16 channels at a time as plain loops that the compiler
+// vectorises). C_in and C_out must be multiples of 16; the Python side checks every condition.
+// Indices are 64-bit throughout.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+// The 64-byte vector helpers below are inline; GCC warns that passing them by value would have a
+// different ABI with and without AVX-512, which cannot matter for functions that are inlined.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace videoconv {
+namespace {
+
+constexpr int64_t kLanes = 16;      // channels per transform step
+constexpr int64_t kTileBlock = 32;  // output tiles per GEMM block (see the L2 note above)
+
+// One multi-versioned copy of the hot loops per ISA level, chosen at load time: the package is
+// built for the baseline x86-64 ISA, and the transforms are ~25% of the time with AVX-512.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define VIDEOCONV_ISA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define VIDEOCONV_ISA_CLONES
+#endif
+
+enum Activation : int { kIdentity = 0, kRelu = 1, kSilu = 2 };
+
+// 16 float lanes as one value: GCC's vector extension, lowered to one AVX-512, two AVX2 or four
+// SSE registers per value by the clones above. Written this way (not as loops over float[16])
+// the 6x6 tiles of the transforms stay in registers; the loop form spilled them to the stack
+// and reloaded them lane by lane (store-forwarding stalls, ~3x slower transforms).
+typedef float vf16 __attribute__((vector_size(64)));
+typedef uint32_t vu16 __attribute__((vector_size(64)));
+typedef int32_t vi16 __attribute__((vector_size(64)));
+typedef uint16_t vh16 __attribute__((vector_size(32)));
+
+inline vf16 load16(const float* p) {
+  vf16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline vf16 load16(const at::BFloat16* p) {
+  vh16 h;
+  std::memcpy(&h, p, sizeof(h));
+  const vu16 bits = __builtin_convertvector(h, vu16) << 16;
+  vf16 v;
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
+}
+inline void store16(vf16 v, float* p) { std::memcpy(p, &v, sizeof(v)); }
+// Round to nearest even, NaN kept a quiet NaN: c10::BFloat16's conversion, as vector integer
+// arithmetic (the scalar conversion does not vectorise and costs as much as the transform).
+inline void store16(vf16 v, at::BFloat16* p) {
+  vu16 bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  const vu16 rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  const vi16 nan = (bits & 0x7FFFFFFFu) > 0x7F800000u;  // all-ones lanes where v is NaN
+  const vu16 out = (rounded & ~vu16(nan)) | (vu16(nan) & 0x7FC0u);
+  const vh16 h = __builtin_convertvector(out, vh16);
+  std::memcpy(p, &h, sizeof(h));
+}
+
+// B^T (6x6) of the input transform: o = B^T d for six vectors.
+inline void input_transform6(const vf16* d, vf16* o) {
+  o[0] = 4.f * d[0] - 5.f * d[2] + d[4];
+  o[1] = -4.f * (d[1] + d[2]) + d[3] + d[4];
+  o[2] = 4.f * (d[1] - d[2]) - d[3] + d[4];
+  o[3] = 2.f * (d[3] - d[1]) - d[2] + d[4];
+  o[4] = 2.f * (d[1] - d[3]) - d[2] + d[4];
+  o[5] = 4.f * d[1] - 5.f * d[3] + d[5];
+}
+
+// A^T (4x6) of the output transform: o = A^T m for six vectors.
+inline void output_transform6(const vf16* m, vf16* o) {
+  const vf16 a = m[1] + m[2], b = m[1] - m[2], p = m[3] + m[4], q = m[3] - m[4];
+  o[0] = m[0] + a + p;
+  o[1] = b + 2.f * q;
+  o[2] = a + 4.f * p;
+  o[3] = b + 8.f * q + m[5];
+}
+
+struct Geometry {
+  int64_t frames_in, h, w, ci;        // input per sample (frames_in = D)
+  int64_t frames_out, ho, wo, co;     // output per sample
+  int64_t taps, pad_t, pad_h, pad_w;  // kt and padding
+  int64_t tiles_h, tiles_w;
+  int64_t tiles_per_frame() const { return tiles_h * tiles_w; }
+  // Distance between the 36 planes of V and of M in a block buffer: one cache line more than
+  // the plane, so that the 36 values of one tile and channel group (read or written together by
+  // the transforms) fall in different L1 sets. Unpadded, the plane is a multiple of 4 KiB for
+  // most channel counts and all 36 alias the same few sets (measured: transforms 2x slower).
+  int64_t v_plane() const { return kTileBlock * ci + kLanes; }
+  int64_t co_chunk;                   // output channels per work item (see the kernel)
+  int64_t m_plane() const { return kTileBlock * co_chunk + kLanes; }
+};
+
+// V[p][k][ci] for the tiles t0 .. t0+nt of temporal tap `tap` (zeros where the tile's input
+// frame is temporal padding; spatial padding is zeros in the 6x6 patch).
+template <typename T>
+VIDEOCONV_ISA_CLONES void transform_input_block(const T* x, const Geometry& g, int64_t t0,
+                                                int64_t nt, int64_t tap, float* V) {
+  const int64_t tpf = g.tiles_per_frame();
+  const vf16 zero = {};
+  for (int64_t k = 0; k < nt; k++) {
+    const int64_t tile = t0 + k;
+    const int64_t tx = tile % g.tiles_w, ty = (tile / g.tiles_w) % g.tiles_h;
+    const int64_t frame_out = tile / tpf;  // n * frames_out + t_out
+    const int64_t n = frame_out / g.frames_out, t_out = frame_out % g.frames_out;
+    const int64_t t_in = t_out - g.pad_t + tap;
+    const bool frame_ok = t_in >= 0 && t_in < g.frames_in;
+    const T* xf = x + ((n * g.frames_in + (frame_ok ? t_in : 0)) * g.h) * g.w * g.ci;
+    const int64_t h0 = ty * 4 - g.pad_h, w0 = tx * 4 - g.pad_w;
+    bool inside[6][6];
+    for (int i = 0; i < 6; i++) {
+      for (int j = 0; j < 6; j++) {
+        const int64_t hh = h0 + i, ww = w0 + j;
+        inside[i][j] = frame_ok && hh >= 0 && hh < g.h && ww >= 0 && ww < g.w;
+      }
+    }
+    for (int64_t c0 = 0; c0 < g.ci; c0 += kLanes) {
+      vf16 t[6][6];  // t = B^T d, column by column
+      for (int j = 0; j < 6; j++) {
+        vf16 col[6];
+        for (int i = 0; i < 6; i++) {
+          col[i] = inside[i][j] ? load16(xf + ((h0 + i) * g.w + (w0 + j)) * g.ci + c0) : zero;
+        }
+        vf16 o[6];
+        input_transform6(col, o);
+        for (int i = 0; i < 6; i++) t[i][j] = o[i];
+      }
+      for (int i = 0; i < 6; i++) {  // V[i][:] = t[i][:] B
+        vf16 o[6];
+        input_transform6(t[i], o);
+        for (int j = 0; j < 6; j++) store16(o[j], V + (i * 6 + j) * g.v_plane() + k * g.ci + c0);
+      }
+    }
+  }
+}
+
+// y = act(A^T M A + shift [+ residual]) for the tiles t0 .. t0+nt, clipped at the output edge.
+template <typename T>
+VIDEOCONV_ISA_CLONES void transform_output_block(const float* M, const float* shift,
+                                                 const T* residual, T* y, const Geometry& g,
+                                                 int64_t t0, int64_t nt, int64_t co_begin,
+                                                 int64_t cn, int activation) {
+  const int64_t tpf = g.tiles_per_frame();
+  const vf16 zero = {};
+  for (int64_t k = 0; k < nt; k++) {
+    const int64_t tile = t0 + k;
+    const int64_t tx = tile % g.tiles_w, ty = (tile / g.tiles_w) % g.tiles_h;
+    const int64_t frame_out = tile / tpf;
+    const int64_t rows = std::min<int64_t>(4, g.ho - ty * 4), cols = std::min<int64_t>(4, g.wo - tx * 4);
+    for (int64_t cm = 0; cm < cn; cm += kLanes) {  // cm: channel within M's chunk
+      const int64_t c0 = co_begin + cm;
+      const vf16 sh = load16(shift + c0);
+      vf16 t[4][6];  // t = A^T M, column by column
+      for (int j = 0; j < 6; j++) {
+        vf16 col[6];
+        for (int i = 0; i < 6; i++) col[i] = load16(M + (i * 6 + j) * g.m_plane() + k * g.co_chunk + cm);
+        vf16 o[4];
+        output_transform6(col, o);
+        for (int i = 0; i < 4; i++) t[i][j] = o[i];
+      }
+      for (int i = 0; i < rows; i++) {
+        vf16 o[4];
+        output_transform6(t[i], o);  // the row: o = t[i] A
+        for (int j = 0; j < cols; j++) {
+          const int64_t off = ((frame_out * g.ho + ty * 4 + i) * g.wo + tx * 4 + j) * g.co + c0;
+          vf16 v = o[j] + sh;
+          if (residual != nullptr) v += load16(residual + off);
+          if (activation == kRelu) {
+            v = v < zero ? zero : v;  // NaN stays NaN, as in torch.relu
+          } else if (activation == kSilu) {
+            alignas(64) float lanes[kLanes];
+            std::memcpy(lanes, &v, sizeof(v));
+            for (int c = 0; c < kLanes; c++) lanes[c] = lanes[c] / (1.f + std::exp(-lanes[c]));
+            std::memcpy(&v, lanes, sizeof(v));
+          }
+          store16(v, y + off);
+        }
+      }
+    }
+  }
+}
+
+// Work items are (block of kTileBlock tiles) x (chunk of output channels). Large layers have
+// many tile blocks and one chunk: each item reads all of U, which stays in L2/L3 between items.
+// Small late layers (a few frames of 14x14 or less) have fewer tile blocks than threads x 4;
+// their C_out is then split so that every thread has work and each reads only its chunk of U
+// (U is 36 kt C_in C_out floats: 28 MB for a 3x3x3 256 -> 256 conv, which one item per thread
+// streaming all of it from DRAM made slower than oneDNN's direct conv). The input transform is
+// repeated per chunk; it is ~5% of an item's time.
+template <typename T>
+void conv3d_winograd_kernel(const T* x, const float* U, const float* shift, const T* residual,
+                            T* y, int64_t batch, Geometry g, int activation) {
+  const int64_t ntiles = batch * g.frames_out * g.tiles_per_frame();
+  const int64_t nblocks = (ntiles + kTileBlock - 1) / kTileBlock;
+  const int64_t lane_groups = g.co / kLanes;
+  const int64_t wanted_items = 4 * static_cast<int64_t>(at::get_num_threads());
+  const int64_t splits = std::min<int64_t>(
+      lane_groups, std::max<int64_t>(1, (wanted_items + nblocks - 1) / nblocks));
+  // Chunks of whole 16-lane groups, as even as possible (the last may be smaller).
+  const int64_t groups_per_chunk = (lane_groups + splits - 1) / splits;
+  const int64_t nchunks = (lane_groups + groups_per_chunk - 1) / groups_per_chunk;
+  g.co_chunk = groups_per_chunk * kLanes;
+  const int64_t u_tap = 36 * g.ci * g.co;
+  at::parallel_for(0, nblocks * nchunks, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> V(36 * g.v_plane()), M(36 * g.m_plane());
+    for (int64_t item = i0; item < i1; item++) {
+      // Chunk-major: a thread's consecutive items share a chunk of U across tile blocks.
+      const int64_t chunk = item / nblocks, b = item % nblocks;
+      const int64_t t0 = b * kTileBlock, nt = std::min(kTileBlock, ntiles - t0);
+      const int64_t co_begin = chunk * g.co_chunk;
+      const int64_t cn = std::min(g.co_chunk, g.co - co_begin);
+      for (int64_t tap = 0; tap < g.taps; tap++) {
+        transform_input_block<T>(x, g, t0, nt, tap, V.data());
+        for (int p = 0; p < 36; p++) {
+          // M[p] (+)= V[p] @ U[tap][p][:, chunk]: (nt x Ci) @ (Ci x cn), float32 accumulation.
+          at::native::cpublas::brgemm(nt, cn, g.ci, g.ci, g.co, g.co_chunk, /*add_C=*/tap > 0,
+                                      V.data() + p * g.v_plane(),
+                                      U + tap * u_tap + p * g.ci * g.co + co_begin,
+                                      M.data() + p * g.m_plane(), /*is_vnni=*/false);
+        }
+      }
+      transform_output_block<T>(M.data(), shift, residual, y, g, t0, nt, co_begin, cn, activation);
+    }
+  });
+  at::native::cpublas::brgemm_release(/*is_vnni=*/false);
+}
+
+int activation_code(c10::string_view activation) {
+  if (activation == "relu") return kRelu;
+  if (activation == "silu") return kSilu;
+  TORCH_CHECK(activation == "identity", "_conv3d_winograd_cpu: unknown activation '",
+              std::string(activation), "'");
+  return kIdentity;
+}
+
+at::Tensor conv3d_winograd_cpu(const at::Tensor& input, const at::Tensor& U,
+                               const at::Tensor& shift, at::IntArrayRef padding,
+                               c10::string_view activation,
+                               const std::optional<at::Tensor>& residual) {
+  const auto cl = at::MemoryFormat::ChannelsLast3d;
+  TORCH_CHECK(input.dim() == 5 && input.is_contiguous(cl),
+              "_conv3d_winograd_cpu: input must be 5-D and channels_last_3d");
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kBFloat16,
+              "_conv3d_winograd_cpu: input must be float32 or bfloat16");
+  TORCH_CHECK(U.dim() == 4 && U.size(1) == 36 && U.scalar_type() == at::kFloat && U.is_contiguous(),
+              "_conv3d_winograd_cpu: U must be a contiguous float32 (kt, 36, C_in, C_out) tensor");
+  TORCH_CHECK(padding.size() == 3, "_conv3d_winograd_cpu: padding must have 3 values");
+  Geometry g;
+  const int64_t batch = input.size(0);
+  g.ci = input.size(1);
+  g.frames_in = input.size(2);
+  g.h = input.size(3);
+  g.w = input.size(4);
+  g.taps = U.size(0);
+  g.co = U.size(3);
+  g.pad_t = padding[0];
+  g.pad_h = padding[1];
+  g.pad_w = padding[2];
+  TORCH_CHECK(U.size(2) == g.ci, "_conv3d_winograd_cpu: U has ", U.size(2),
+              " input channels, the input ", g.ci);
+  TORCH_CHECK(g.ci % kLanes == 0 && g.co % kLanes == 0,
+              "_conv3d_winograd_cpu: channel counts must be multiples of ", kLanes);
+  TORCH_CHECK(shift.scalar_type() == at::kFloat && shift.is_contiguous() && shift.numel() == g.co,
+              "_conv3d_winograd_cpu: shift must be a contiguous float32 vector of C_out values");
+  g.frames_out = g.frames_in + 2 * g.pad_t - g.taps + 1;
+  g.ho = g.h + 2 * g.pad_h - 2;
+  g.wo = g.w + 2 * g.pad_w - 2;
+  TORCH_CHECK(g.frames_out > 0 && g.ho > 0 && g.wo > 0 && g.pad_h <= 2 && g.pad_w <= 2,
+              "_conv3d_winograd_cpu: input smaller than the kernel, or padding above 2");
+  g.tiles_h = (g.ho + 3) / 4;
+  g.tiles_w = (g.wo + 3) / 4;
+  auto y = at::empty({batch, g.co, g.frames_out, g.ho, g.wo}, input.options().memory_format(cl));
+  const bool has_res = residual.has_value() && residual->defined();
+  if (has_res) {
+    TORCH_CHECK(residual->sizes() == y.sizes() && residual->scalar_type() == input.scalar_type() &&
+                    residual->is_contiguous(cl),
+                "_conv3d_winograd_cpu: residual must match the output (shape, dtype, "
+                "channels_last_3d)");
+  }
+  if (y.numel() == 0) return y;
+  const int act = activation_code(activation);
+  if (input.scalar_type() == at::kFloat) {
+    conv3d_winograd_kernel<float>(input.data_ptr<float>(), U.data_ptr<float>(),
+                                  shift.data_ptr<float>(),
+                                  has_res ? residual->data_ptr<float>() : nullptr,
+                                  y.data_ptr<float>(), batch, g, act);
+  } else {
+    conv3d_winograd_kernel<at::BFloat16>(
+        input.data_ptr<at::BFloat16>(), U.data_ptr<float>(), shift.data_ptr<float>(),
+        has_res ? residual->data_ptr<at::BFloat16>() : nullptr, y.data_ptr<at::BFloat16>(),
+        batch, g, act);
+  }
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(videoconv, m) {
+  m.def(
+      "_conv3d_winograd_cpu(Tensor input, Tensor U, Tensor shift, int[3] padding, str activation, "
+      "Tensor? residual) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(videoconv, CPU, m) {
+  m.impl("_conv3d_winograd_cpu", &conv3d_winograd_cpu);
+}
+
+}  // namespace videoconv
