@@ -226,6 +226,22 @@ def test_cache_sees_weight_and_scale_changes():
     torch.testing.assert_close(run().double(), oracle(), atol=atol, rtol=rtol)
 
 
+def test_switching_it_off_at_run_time_reuses_no_cached_weight(monkeypatch):
+    """The route is part of the pack cache's key: the same weight first through Winograd, then
+    (WINOGRAD off) through oneDNN, then back, each time with the right cached form."""
+    x, w, scale, shift, _, _ = _inputs(1, 16, 16, (3, 8, 8), 3, torch.float32, False, (1, 1, 1))
+    expected = oracle_conv3d_bn_act(x, w, scale, shift, (1, 1, 1), (1, 1, 1), (1, 1, 1), 1, "relu", None)
+    atol, rtol = _TOL[torch.float32]
+    outs = []
+    for enabled in (True, False, True):
+        monkeypatch.setattr(cpu_backend, "WINOGRAD", enabled)
+        with backends.use("cpu"):
+            outs.append(conv3d_bn_act(x, w, scale, shift, (1, 1, 1), (1, 1, 1), (1, 1, 1), 1, "relu", None))
+        torch.testing.assert_close(outs[-1].double(), expected, atol=atol, rtol=rtol)
+    torch.testing.assert_close(outs[2], outs[0], atol=0, rtol=0)
+    assert not torch.equal(outs[1], outs[0])  # oneDNN's rounding differs from Winograd's
+
+
 def test_fused_module_prepared_call_uses_it():
     """The eval fast path (a prepared call bound to the input's shape) runs the same kernel."""
     from videoconv.nn import Conv3dBNAct

@@ -100,7 +100,8 @@ def _same_tensors(seen, scale: torch.Tensor, shift: torch.Tensor) -> bool:
 
 class _PackCache:
     """Packed (folded, oneDNN-reordered) weights and folded biases, per weight tensor (for a
-    small-GEMM convolution, :func:`_is_small_gemm`, the folded float32 matrix and bias instead).
+    small-GEMM convolution, :func:`_is_small_gemm`, the folded float32 matrix and bias instead;
+    for a Winograd one, :func:`_use_winograd`, the transformed weight and a float32 shift).
 
     Keyed on the *identity* of the weight tensor (``id`` plus a weak reference, so an entry dies
     with its weight and a recycled ``id`` never matches), and validated on every lookup against
@@ -198,7 +199,7 @@ WINOGRAD = os.environ.get("VIDEOCONV_CPU_WINOGRAD", "1") != "0"
 #:   0.86x on r3d_18's 256-channel 4x14x14 layer (64 tiles: too little work per byte of the
 #:   28 MB transformed weight, which then comes from DRAM) and 0.78-0.80x on the 7x7 layers.
 #:   oneDNN's bfloat16 kernels run at twice the float32 rate, so the margin is small: at least
-#:   _WINOGRAD_MIN_TILES_BF16 tiles and 64 channels each way (K = 32 GEMMs run well below peak).
+#:   _WINOGRAD_MIN_TILES_BF16 tiles and 64 channels each way (32 -> 48 channels: 0.8-1.0x).
 #: * the transformed weight is float32 and 36/9 the size of the kernel's spatial taps, i.e. 4x
 #:   (float32) or 8x (bfloat16) the weight: at most _WINOGRAD_MAX_WEIGHT_BYTES per layer, which
 #:   leaves r2plus1d_18's layer4 (85 MB per conv) to oneDNN.
@@ -270,7 +271,11 @@ def _winograd_weight(folded: torch.Tensor) -> torch.Tensor:
     return u.reshape(taps, 36, c_in, c_out).float().contiguous()
 
 
-def _pack(weight, scale, shift, key):
+def _pack(weight, scale, shift, cache_key):
+    # cache_key = (key, winograd): the route is part of what the cache compares, so that a
+    # cached transformed weight is never handed to oneDNN (or the reverse) after WINOGRAD or
+    # a limit is changed at run time.
+    key, winograd = cache_key
     _, stride, padding, dilation, groups, input_size = key
     dtype = weight.dtype
     with torch.no_grad():
@@ -278,7 +283,7 @@ def _pack(weight, scale, shift, key):
         bias = shift.detach().to(dtype).contiguous()
         if _is_small_gemm(key):  # a plain (C_out, C_in) float32 matrix (_prepare_small_gemm)
             return w.to(dtype).reshape(w.shape[0], w.shape[1]).float().contiguous(), bias.float()
-        if _use_winograd(key):  # the transformed float32 weight and a float32 shift
+        if winograd:  # the transformed float32 weight and a float32 shift
             # From the float64 folded weight, with no rounding to the dtype first: oneDNN needs
             # the weight in the input's dtype, this kernel does not.
             return _winograd_weight(w), shift.detach().float().contiguous()
@@ -345,7 +350,8 @@ def _prepare(weight, scale, shift, stride, padding, dilation, groups, activation
     stride, padding, dilation = list(stride), list(padding), list(dilation)
     key = ((weight.dtype, weight.device, fmt, tuple(weight.shape)), tuple(stride), tuple(padding),
            tuple(dilation), groups, tuple(input_size))
-    packed, bias = pack_cache.get(weight, scale, shift, key)
+    winograd = _use_winograd(key)
+    packed, bias = pack_cache.get(weight, scale, shift, (key, winograd))
     final = fmt if out_format is None else out_format
     mk = torch.ops.mkldnn
 
@@ -355,13 +361,13 @@ def _prepare(weight, scale, shift, stride, padding, dilation, groups, activation
     if _is_small_gemm(key):  # the pack cache then holds a plain float32 matrix, not a packed weight
         return _prepare_small_gemm(packed, bias, activation, input_size, weight.dtype, final)
 
-    if _use_winograd(key):
-        winograd = torch.ops.videoconv._conv3d_winograd_cpu.default
+    if winograd:
+        kernel = torch.ops.videoconv._conv3d_winograd_cpu.default
 
         def conv_winograd(x, residual):
             if residual is not None:
                 residual = residual.contiguous(memory_format=torch.channels_last_3d)
-            return finish(winograd(x, packed, bias, padding, activation, residual))
+            return finish(kernel(x, packed, bias, padding, activation, residual))
         return conv_winograd
 
     unary = _ONEDNN_ACT[activation]
