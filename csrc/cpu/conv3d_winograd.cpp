@@ -7,18 +7,20 @@
 // R3D/I3D) already run in oneDNN at ~80-95% of the FMA peak, so no direct kernel can be much
 // faster. F(4x4, 3x3) computes a 4x4 output tile with 36 multiplies per (input, output) channel
 // pair instead of 144, i.e. 4x fewer; the rest is cheap transforms that are linear in the
-// number of channels. The products run in float32 even for bfloat16 tensors: float32 FMAs run at
+// number of channels. The products run in float32 even for bfloat16 tensors. float32 FMAs run at
 // half the bfloat16 dot-product rate, so the net gain over a bfloat16 direct conv is at most 2x,
-// but bfloat16 Winograd transforms lose too much precision (the transforms' coefficients reach
-// 5 and 8 and their sums cancel), while float32 transforms of bfloat16 inputs are more accurate
-// than a bfloat16 direct conv (measured: 2e-3 against 6e-3 max relative error).
+// but: (1) without AMX, cpublas::brgemm has no fast bfloat16 micro-kernel here (measured 113-126
+// GFLOP/s per core at K = 64, the same as float32's 107-110); (2) bfloat16 GEMM operands would
+// round the transformed input and weight, whose transforms have coefficients up to 5 and 8 and
+// cancelling sums, while float32 ones keep the result more accurate than a bfloat16 direct conv
+// (measured: 2e-3 against 6e-3 max relative error).
 //
 // Algorithm, per block of kTileBlock output tiles (4x4 positions of one output frame each):
 //   for each temporal tap kt:
 //     V[p][tile][ci] = (B^T d B)[p]   d = the 6x6 input patch of the tile in frame t + kt - pt
 //     M[p] += V[p] @ U[kt][p]          36 GEMMs (tiles x Ci) @ (Ci x Co), at::native::cpublas::
 //                                      brgemm (oneDNN's f32 micro-kernel), accumulating over kt
-//   y = act(A^T M A + shift [+ residual])  the 4x4 outputs, written in place
+//   y = act(A^T M A + shift [+ residual])  the 4x4 outputs, written straight to y
 // U[kt][p] = (G g G^T)[p] with the BN scale already folded into g, computed once per weight in
 // float64 by the Python side (videoconv/backends/cpu.py, _winograd_weight) and cached.
 // The block's V (36 x tiles x Ci) and M (36 x tiles x Co) float32 buffers are sized to stay in
@@ -26,8 +28,9 @@
 // memory only for the input, U and the output.
 //
 // Layout: channels_last_3d input, residual and output (the channel vector of a position is
-// contiguous, and the transforms run 16 channels at a time as plain loops that the compiler
-// vectorises). C_in and C_out must be multiples of 16; the Python side checks every condition.
+// contiguous, and the transforms run on 16 channels at a time, as GCC vector values). C_in and
+// C_out must be multiples of 16; the Python side (_use_winograd) decides which layers come
+// here, and the op checks its arguments again.
 // Indices are 64-bit throughout.
 
 #include <ATen/ATen.h>
@@ -124,7 +127,8 @@ struct Geometry {
   // Distance between the 36 planes of V and of M in a block buffer: one cache line more than
   // the plane, so that the 36 values of one tile and channel group (read or written together by
   // the transforms) fall in different L1 sets. Unpadded, the plane is a multiple of 4 KiB for
-  // most channel counts and all 36 alias the same few sets (measured: transforms 2x slower).
+  // many channel counts and all 36 would alias a few sets. (A precaution: it made no difference
+  // that stood out of the noise on r2plus1d_18's shapes.)
   int64_t v_plane() const { return kTileBlock * ci + kLanes; }
   int64_t co_chunk;                   // output channels per work item (see the kernel)
   int64_t m_plane() const { return kTileBlock * co_chunk + kLanes; }
@@ -223,9 +227,10 @@ VIDEOCONV_ISA_CLONES void transform_output_block(const float* M, const float* sh
 // many tile blocks and one chunk: each item reads all of U, which stays in L2/L3 between items.
 // Small late layers (a few frames of 14x14 or less) have fewer tile blocks than threads x 4;
 // their C_out is then split so that every thread has work and each reads only its chunk of U
-// (U is 36 kt C_in C_out floats: 28 MB for a 3x3x3 256 -> 256 conv, which one item per thread
-// streaming all of it from DRAM made slower than oneDNN's direct conv). The input transform is
-// repeated per chunk; it is ~5% of an item's time.
+// (U is 36 kt C_in C_out floats: 28 MB for a 3x3x3 256 -> 256 conv, which with one item per
+// thread every thread streamed whole from DRAM; splitting took that layer from 0.80x to 0.86x
+// of oneDNN in bfloat16, which is why bfloat16 still leaves such layers to oneDNN, and float32
+// gains either way). The input transform is repeated per chunk; it is a few % of an item.
 template <typename T>
 void conv3d_winograd_kernel(const T* x, const float* U, const float* shift, const T* residual,
                             T* y, int64_t batch, Geometry g, int activation) {
