@@ -70,8 +70,9 @@ def _kernel_directly(x, w, scale, shift, padding, act, residual):
 # tiles at the right/bottom edge (sizes not multiples of 4), 1 and 2 pixels of spatial padding
 # and none, temporal taps against temporal padding (kt > 2 * pt shortens the clip), tiles of one
 # 32-tile block spanning frames and samples, C_out split into uneven chunks when there are few
-# tiles (144 = 9 lane groups over 8 items: chunks of 2, the last of 1), and several chunks of
-# a 16-wide C_in.
+# tiles (144 = 9 lane groups over 8 items: chunks of 2, the last of 1), several chunks of
+# a 16-wide C_in, and C_out that is not a multiple of 16 (R(2+1)D's 230/460-wide units: U padded,
+# the last lane group stored and the residual read with a mask), alone and in an uneven chunk.
 WINOGRAD_CASES = [
     ("r2plus1d_spatial", 1, 32, 48, (4, 12, 12), 1, (0, 1, 1)),
     ("r3d_333", 2, 16, 32, (5, 9, 9), 3, (1, 1, 1)),
@@ -80,6 +81,8 @@ WINOGRAD_CASES = [
     ("pad2_t5", 1, 16, 16, (7, 6, 6), 5, (1, 2, 2)),
     ("few_tiles_uneven_chunks", 1, 16, 144, (2, 4, 4), 1, (0, 1, 1)),
     ("blocks_span_frames", 3, 48, 16, (3, 13, 11), 3, (1, 1, 1)),
+    ("c_out_23", 1, 16, 23, (3, 7, 9), 3, (1, 1, 1)),
+    ("c_out_137_uneven_chunks", 1, 32, 137, (2, 4, 4), 1, (0, 1, 1)),
 ]
 
 
@@ -168,6 +171,12 @@ def test_which_layers_take_it(monkeypatch):
     assert not use(bf16, 256, 256, (4, 14, 14), (3, 3, 3), (1, 1, 1))  # 64 tiles: 0.86x measured
     assert use(f32, 256, 256, (4, 14, 14), (3, 3, 3), (1, 1, 1))
     assert not use(f32, 512, 1152, (2, 7, 7))  # 85 MB of transformed weight
+    # the downsampling blocks' second units (C_out 230, 460 padded to 240, 464); 921 -> 928
+    # makes 34 MB of transformed weight, over the limit
+    assert use(bf16, 128, 230, (8, 28, 28)) and use(f32, 128, 230, (8, 28, 28))
+    assert use(f32, 256, 460, (4, 14, 14)) and not use(bf16, 256, 460, (4, 14, 14))
+    assert not use(f32, 256, 921, (4, 14, 14))
+    assert use(f32, 16, 1, (2, 8, 8))
     assert not use(bf16, 32, 64, (16, 56, 56))  # bfloat16 needs >= 64 channels
     # not the kernel's shape or layout
     assert not use(f32, 64, 64, (8, 28, 28), stride=(1, 2, 2))
@@ -177,7 +186,6 @@ def test_which_layers_take_it(monkeypatch):
     assert not use(f32, 64, 64, (8, 28, 28), kernel=(1, 5, 5), padding=(0, 2, 2))
     assert not use(f32, 64, 64, (8, 28, 28), fmt=torch.contiguous_format)
     assert not use(f32, 24, 64, (8, 28, 28))  # C_in not a multiple of 16
-    assert not use(f32, 64, 40, (8, 28, 28))
     assert not use(f32, 64, 64, (8, 28, 28), padding=(0, 3, 3))
     monkeypatch.setattr(cpu_backend, "WINOGRAD", False)
     assert not use(f32, 64, 144, (16, 56, 56))
@@ -272,13 +280,15 @@ def test_fused_module_prepared_call_uses_it():
         (lambda a: a.update(input=a["input"].to(torch.float64)), "float32 or bfloat16"),
         (lambda a: a.update(U=a["U"][:, :, :8].contiguous()), "input channels"),
         (lambda a: a.update(U=a["U"].double()), "float32"),
-        (lambda a: a.update(shift=a["shift"][:8]), "shift"),
+        (lambda a: a.update(shift=torch.zeros(32)), "length of shift"),
+        (lambda a: a.update(shift=a["shift"].view(4, 4)), "shift must be"),
         (lambda a: a.update(activation="gelu"), "unknown activation"),
         (lambda a: a.update(residual=torch.zeros(1)), "residual"),
         (lambda a: a.update(input=a["input"][..., :2, :2].contiguous(memory_format=CL),
                             padding=[1, 0, 0]), "smaller than the kernel"),
     ],
-    ids=["ncdhw", "float64", "channels", "u_dtype", "shift", "activation", "residual", "too_small"],
+    ids=["ncdhw", "float64", "channels", "u_dtype", "shift_length", "shift_2d", "activation",
+         "residual", "too_small"],
 )
 def test_private_op_errors_name_the_problem(change, message):
     x, w, scale, shift, _, _ = _inputs(1, 16, 16, (3, 8, 8), 3, torch.float32, False, (1, 1, 1))

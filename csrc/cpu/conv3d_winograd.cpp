@@ -28,9 +28,12 @@
 // memory only for the input, U and the output.
 //
 // Layout: channels_last_3d input, residual and output (the channel vector of a position is
-// contiguous, and the transforms run on 16 channels at a time, as GCC vector values). C_in and
-// C_out must be multiples of 16; the Python side (_use_winograd) decides which layers come
-// here, and the op checks its arguments again.
+// contiguous, and the transforms run on 16 channels at a time, as GCC vector values). C_in must
+// be a multiple of 16. C_out need not be (R(2+1)D's middle widths are 230, 460, 921): U's C_out
+// columns are zero-padded to a multiple of 16, the GEMMs run over the padded width, and only the
+// last 16-lane group of the output transform stores (and reads the residual) with a mask. The
+// Python side (_use_winograd) decides which layers come here, and the op checks its arguments
+// again.
 // Indices are 64-bit throughout.
 
 #include <ATen/ATen.h>
@@ -99,6 +102,21 @@ inline void store16(vf16 v, at::BFloat16* p) {
   std::memcpy(p, &h, sizeof(h));
 }
 
+// The first n < 16 lanes only (the last group of a C_out that is not a multiple of 16): through
+// a 16-wide buffer, so that nothing past the tensor's end is read or written.
+template <typename T>
+inline vf16 load16_first(const T* p, int64_t n) {
+  T buf[kLanes] = {};
+  std::memcpy(buf, p, n * sizeof(T));
+  return load16(buf);
+}
+template <typename T>
+inline void store16_first(vf16 v, T* p, int64_t n) {
+  T buf[kLanes];
+  store16(v, buf);
+  std::memcpy(p, buf, n * sizeof(T));
+}
+
 // B^T (6x6) of the input transform: o = B^T d for six vectors.
 inline void input_transform6(const vf16* d, vf16* o) {
   o[0] = 4.f * d[0] - 5.f * d[2] + d[4];
@@ -121,6 +139,7 @@ inline void output_transform6(const vf16* m, vf16* o) {
 struct Geometry {
   int64_t frames_in, h, w, ci;        // input per sample (frames_in = D)
   int64_t frames_out, ho, wo, co;     // output per sample
+  int64_t co_pad;                     // U's C_out columns: co rounded up to a multiple of 16
   int64_t taps, pad_t, pad_h, pad_w;  // kt and padding
   int64_t tiles_h, tiles_w;
   int64_t tiles_per_frame() const { return tiles_h * tiles_w; }
@@ -192,7 +211,8 @@ VIDEOCONV_ISA_CLONES void transform_output_block(const float* M, const float* sh
     const int64_t rows = std::min<int64_t>(4, g.ho - ty * 4), cols = std::min<int64_t>(4, g.wo - tx * 4);
     for (int64_t cm = 0; cm < cn; cm += kLanes) {  // cm: channel within M's chunk
       const int64_t c0 = co_begin + cm;
-      const vf16 sh = load16(shift + c0);
+      const int64_t lanes = std::min(kLanes, g.co - c0);  // < 16 only in C_out's last group
+      const vf16 sh = load16(shift + c0);  // shift is padded to co_pad by the caller
       vf16 t[4][6];  // t = A^T M, column by column
       for (int j = 0; j < 6; j++) {
         vf16 col[6];
@@ -207,7 +227,9 @@ VIDEOCONV_ISA_CLONES void transform_output_block(const float* M, const float* sh
         for (int j = 0; j < cols; j++) {
           const int64_t off = ((frame_out * g.ho + ty * 4 + i) * g.wo + tx * 4 + j) * g.co + c0;
           vf16 v = o[j] + sh;
-          if (residual != nullptr) v += load16(residual + off);
+          if (residual != nullptr) {
+            v += lanes == kLanes ? load16(residual + off) : load16_first(residual + off, lanes);
+          }
           if (activation == kRelu) {
             v = v < zero ? zero : v;  // NaN stays NaN, as in torch.relu
           } else if (activation == kSilu) {
@@ -216,7 +238,11 @@ VIDEOCONV_ISA_CLONES void transform_output_block(const float* M, const float* sh
             for (int c = 0; c < kLanes; c++) lanes[c] = lanes[c] / (1.f + std::exp(-lanes[c]));
             std::memcpy(&v, lanes, sizeof(v));
           }
-          store16(v, y + off);
+          if (lanes == kLanes) {
+            store16(v, y + off);
+          } else {
+            store16_first(v, y + off, lanes);
+          }
         }
       }
     }
@@ -236,7 +262,7 @@ void conv3d_winograd_kernel(const T* x, const float* U, const float* shift, cons
                             T* y, int64_t batch, Geometry g, int activation) {
   const int64_t ntiles = batch * g.frames_out * g.tiles_per_frame();
   const int64_t nblocks = (ntiles + kTileBlock - 1) / kTileBlock;
-  const int64_t lane_groups = g.co / kLanes;
+  const int64_t lane_groups = g.co_pad / kLanes;
   const int64_t wanted_items = 4 * static_cast<int64_t>(at::get_num_threads());
   const int64_t splits = std::min<int64_t>(
       lane_groups, std::max<int64_t>(1, (wanted_items + nblocks - 1) / nblocks));
@@ -244,7 +270,7 @@ void conv3d_winograd_kernel(const T* x, const float* U, const float* shift, cons
   const int64_t groups_per_chunk = (lane_groups + splits - 1) / splits;
   const int64_t nchunks = (lane_groups + groups_per_chunk - 1) / groups_per_chunk;
   g.co_chunk = groups_per_chunk * kLanes;
-  const int64_t u_tap = 36 * g.ci * g.co;
+  const int64_t u_tap = 36 * g.ci * g.co_pad;
   at::parallel_for(0, nblocks * nchunks, 1, [&](int64_t i0, int64_t i1) {
     std::vector<float> V(36 * g.v_plane()), M(36 * g.m_plane());
     for (int64_t item = i0; item < i1; item++) {
@@ -252,14 +278,15 @@ void conv3d_winograd_kernel(const T* x, const float* U, const float* shift, cons
       const int64_t chunk = item / nblocks, b = item % nblocks;
       const int64_t t0 = b * kTileBlock, nt = std::min(kTileBlock, ntiles - t0);
       const int64_t co_begin = chunk * g.co_chunk;
-      const int64_t cn = std::min(g.co_chunk, g.co - co_begin);
+      // The GEMMs run over the padded columns (zeros in U); the output transform stops at g.co.
+      const int64_t cn = std::min(g.co_chunk, g.co_pad - co_begin);
       for (int64_t tap = 0; tap < g.taps; tap++) {
         transform_input_block<T>(x, g, t0, nt, tap, V.data());
         for (int p = 0; p < 36; p++) {
           // M[p] (+)= V[p] @ U[tap][p][:, chunk]: (nt x Ci) @ (Ci x cn), float32 accumulation.
-          at::native::cpublas::brgemm(nt, cn, g.ci, g.ci, g.co, g.co_chunk, /*add_C=*/tap > 0,
+          at::native::cpublas::brgemm(nt, cn, g.ci, g.ci, g.co_pad, g.co_chunk, /*add_C=*/tap > 0,
                                       V.data() + p * g.v_plane(),
-                                      U + tap * u_tap + p * g.ci * g.co + co_begin,
+                                      U + tap * u_tap + p * g.ci * g.co_pad + co_begin,
                                       M.data() + p * g.m_plane(), /*is_vnni=*/false);
         }
       }
@@ -287,7 +314,8 @@ at::Tensor conv3d_winograd_cpu(const at::Tensor& input, const at::Tensor& U,
   TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kBFloat16,
               "_conv3d_winograd_cpu: input must be float32 or bfloat16");
   TORCH_CHECK(U.dim() == 4 && U.size(1) == 36 && U.scalar_type() == at::kFloat && U.is_contiguous(),
-              "_conv3d_winograd_cpu: U must be a contiguous float32 (kt, 36, C_in, C_out) tensor");
+              "_conv3d_winograd_cpu: U must be a contiguous float32 (kt, 36, C_in, C_out rounded up "
+              "to a multiple of 16) tensor");
   TORCH_CHECK(padding.size() == 3, "_conv3d_winograd_cpu: padding must have 3 values");
   Geometry g;
   const int64_t batch = input.size(0);
@@ -296,16 +324,20 @@ at::Tensor conv3d_winograd_cpu(const at::Tensor& input, const at::Tensor& U,
   g.h = input.size(3);
   g.w = input.size(4);
   g.taps = U.size(0);
-  g.co = U.size(3);
+  g.co_pad = U.size(3);
+  g.co = shift.numel();
   g.pad_t = padding[0];
   g.pad_h = padding[1];
   g.pad_w = padding[2];
   TORCH_CHECK(U.size(2) == g.ci, "_conv3d_winograd_cpu: U has ", U.size(2),
               " input channels, the input ", g.ci);
-  TORCH_CHECK(g.ci % kLanes == 0 && g.co % kLanes == 0,
-              "_conv3d_winograd_cpu: channel counts must be multiples of ", kLanes);
-  TORCH_CHECK(shift.scalar_type() == at::kFloat && shift.is_contiguous() && shift.numel() == g.co,
+  TORCH_CHECK(g.ci % kLanes == 0, "_conv3d_winograd_cpu: C_in must be a multiple of ", kLanes);
+  TORCH_CHECK(shift.dim() == 1 && shift.scalar_type() == at::kFloat && shift.is_contiguous(),
               "_conv3d_winograd_cpu: shift must be a contiguous float32 vector of C_out values");
+  TORCH_CHECK(g.co > 0 && g.co_pad == (g.co + kLanes - 1) / kLanes * kLanes,
+              "_conv3d_winograd_cpu: U has ", g.co_pad, " output columns; for ", g.co,
+              " output channels (the length of shift) it must have them rounded up to a multiple "
+              "of ", kLanes);
   g.frames_out = g.frames_in + 2 * g.pad_t - g.taps + 1;
   g.ho = g.h + 2 * g.pad_h - 2;
   g.wo = g.w + 2 * g.pad_w - 2;
@@ -323,14 +355,17 @@ at::Tensor conv3d_winograd_cpu(const at::Tensor& input, const at::Tensor& U,
   }
   if (y.numel() == 0) return y;
   const int act = activation_code(activation);
+  // The output transform loads shift 16 lanes at a time, the last group included.
+  const at::Tensor shift_padded =
+      g.co_pad == g.co ? shift : at::constant_pad_nd(shift, {0, g.co_pad - g.co});
   if (input.scalar_type() == at::kFloat) {
     conv3d_winograd_kernel<float>(input.data_ptr<float>(), U.data_ptr<float>(),
-                                  shift.data_ptr<float>(),
+                                  shift_padded.data_ptr<float>(),
                                   has_res ? residual->data_ptr<float>() : nullptr,
                                   y.data_ptr<float>(), batch, g, act);
   } else {
     conv3d_winograd_kernel<at::BFloat16>(
-        input.data_ptr<at::BFloat16>(), U.data_ptr<float>(), shift.data_ptr<float>(),
+        input.data_ptr<at::BFloat16>(), U.data_ptr<float>(), shift_padded.data_ptr<float>(),
         has_res ? residual->data_ptr<at::BFloat16>() : nullptr, y.data_ptr<at::BFloat16>(),
         batch, g, act);
   }

@@ -232,17 +232,17 @@ def _winograd_tiles(key) -> int:
 
 def _use_winograd(key) -> bool:
     """Whether the convolution ``key`` describes runs through the Winograd kernel: a (kt, 3, 3)
-    kernel, stride and dilation 1, no groups, spatial padding <= 2, channels_last_3d, channel
-    counts multiples of 16, and the size limits above."""
+    kernel, stride and dilation 1, no groups, spatial padding <= 2, channels_last_3d, C_in a
+    multiple of 16 (C_out may be any: the kernel pads it), and the size limits above."""
     (dtype, _, fmt, wshape), stride, padding, dilation, groups, input_size = key
     if not (WINOGRAD and fmt == torch.channels_last_3d and tuple(wshape[3:]) == (3, 3)
             and tuple(stride) == (1, 1, 1) and tuple(dilation) == (1, 1, 1) and groups == 1
             and padding[1] <= 2 and padding[2] <= 2 and _has_winograd_kernel()):
         return False
     c_out, c_in, taps = wshape[0], wshape[1], wshape[2]
-    if c_in % _WINOGRAD_LANES or c_out % _WINOGRAD_LANES:
+    if c_in % _WINOGRAD_LANES:
         return False
-    if 4 * 36 * taps * c_in * c_out > _WINOGRAD_MAX_WEIGHT_BYTES:
+    if 4 * 36 * taps * c_in * _winograd_padded(c_out) > _WINOGRAD_MAX_WEIGHT_BYTES:
         return False
     tiles = _winograd_tiles(key)
     if dtype == torch.float32:
@@ -262,13 +262,20 @@ _WINOGRAD_G = (
 )
 
 
+def _winograd_padded(c_out: int) -> int:
+    """C_out rounded up to the kernel's channel vector: the width of ``U``'s last dimension."""
+    return -(-c_out // _WINOGRAD_LANES) * _WINOGRAD_LANES
+
+
 def _winograd_weight(folded: torch.Tensor) -> torch.Tensor:
-    """The kernel's transformed weight ``U`` (kt, 36, C_in, C_out), float32, from the folded
-    float64 weight (C_out, C_in, kt, 3, 3): one rounding, after the transform."""
+    """The kernel's transformed weight ``U`` (kt, 36, C_in, C_out rounded up to a multiple of
+    16), float32, from the folded float64 weight (C_out, C_in, kt, 3, 3): one rounding, after the
+    transform. The padding columns are zeros; the kernel computes them and does not store them."""
     g = torch.tensor(_WINOGRAD_G, dtype=torch.float64, device=folded.device)
     u = torch.einsum("ik,octkl,jl->tijco", g, folded, g)
     taps, c_in, c_out = folded.shape[2], folded.shape[1], folded.shape[0]
-    return u.reshape(taps, 36, c_in, c_out).float().contiguous()
+    u = torch.nn.functional.pad(u, (0, _winograd_padded(c_out) - c_out))
+    return u.reshape(taps, 36, c_in, -1).float().contiguous()
 
 
 def _pack(weight, scale, shift, cache_key):
