@@ -29,6 +29,9 @@ def test_matrix_covers_what_the_issue_lists():
     assert {c.activation for c in cases} == {"relu", "silu", "identity"}
     assert {c.channels_last for c in cases} == {True, False}
     assert any(c.residual for c in cases)
+    # the cpu backend's Winograd kernel, with a C_out it has to pad
+    assert any(c.cin % 16 == 0 and c.cout % 16 and c.kernel[1:] == (3, 3) and c.groups == 1
+               and set(c.stride) == {1} for c in conv)
     plus = [c for c in cases if c.op == "conv2plus1d_bn_act"]
     assert {c.temporal_first for c in plus} == {True, False} and any(c.cmid % 8 for c in plus)
 

@@ -93,6 +93,11 @@ def cases(quick: bool = False) -> List[Case]:
              residual=True),
         Case("conv2plus1d_bn_act", 1, 6, 8, (5, 7, 7), (5, 3), (1, 2, 2), (2, 1, 1), cmid=10,
              temporal_first=True, activation="silu"),
+        # the cpu backend's Winograd shape (C_in a multiple of 16, a 3x3 stride-1 kernel; float32
+        # channels_last_3d takes it), with partial 4x4 tiles and a C_out that is not a multiple
+        # of 16
+        Case(c3, 1, 16, 23, (4, 10, 10), (3, 3, 3), (1, 1, 1), (1, 1, 1), activation="silu",
+             residual=True),
     ]
     # conv3d_bn_stats (training-mode BatchNorm): the convolution features that change how the
     # statistics epilogue tiles the output (strides, a 1x1x1 conv, groups, depthwise); its
