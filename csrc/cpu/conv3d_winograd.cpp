@@ -211,7 +211,7 @@ VIDEOCONV_ISA_CLONES void transform_output_block(const float* M, const float* sh
     const int64_t rows = std::min<int64_t>(4, g.ho - ty * 4), cols = std::min<int64_t>(4, g.wo - tx * 4);
     for (int64_t cm = 0; cm < cn; cm += kLanes) {  // cm: channel within M's chunk
       const int64_t c0 = co_begin + cm;
-      const int64_t lanes = std::min(kLanes, g.co - c0);  // < 16 only in C_out's last group
+      const int64_t valid = std::min(kLanes, g.co - c0);  // < 16 only in C_out's last group
       const vf16 sh = load16(shift + c0);  // shift is padded to co_pad by the caller
       vf16 t[4][6];  // t = A^T M, column by column
       for (int j = 0; j < 6; j++) {
@@ -228,7 +228,7 @@ VIDEOCONV_ISA_CLONES void transform_output_block(const float* M, const float* sh
           const int64_t off = ((frame_out * g.ho + ty * 4 + i) * g.wo + tx * 4 + j) * g.co + c0;
           vf16 v = o[j] + sh;
           if (residual != nullptr) {
-            v += lanes == kLanes ? load16(residual + off) : load16_first(residual + off, lanes);
+            v += valid == kLanes ? load16(residual + off) : load16_first(residual + off, valid);
           }
           if (activation == kRelu) {
             v = v < zero ? zero : v;  // NaN stays NaN, as in torch.relu
@@ -238,10 +238,10 @@ VIDEOCONV_ISA_CLONES void transform_output_block(const float* M, const float* sh
             for (int c = 0; c < kLanes; c++) lanes[c] = lanes[c] / (1.f + std::exp(-lanes[c]));
             std::memcpy(&v, lanes, sizeof(v));
           }
-          if (lanes == kLanes) {
+          if (valid == kLanes) {
             store16(v, y + off);
           } else {
-            store16_first(v, y + off, lanes);
+            store16_first(v, y + off, valid);
           }
         }
       }
