@@ -208,16 +208,22 @@ _WINOGRAD_MIN_CHANNELS_BF16 = 64
 _WINOGRAD_MAX_WEIGHT_BYTES = 32 << 20
 _WINOGRAD_LANES = 16  # the kernel's channel vector (csrc/cpu/conv3d_winograd.cpp)
 
+def _op_registered(name: str) -> bool:
+    """Whether the videoconv._C extension registered ``torch.ops.videoconv.<name>``."""
+    try:
+        return hasattr(torch.ops.videoconv, name)
+    except RuntimeError:
+        return False
+
+
+# Asked on every call; the extension is loaded (or not) once, at import, so the answers are kept.
 _winograd_kernel: Optional[bool] = None
 
 
 def _has_winograd_kernel() -> bool:
     global _winograd_kernel
     if _winograd_kernel is None:
-        try:
-            _winograd_kernel = hasattr(torch.ops.videoconv, "_conv3d_winograd_cpu")
-        except RuntimeError:
-            _winograd_kernel = False
+        _winograd_kernel = _op_registered("_conv3d_winograd_cpu")
     return _winograd_kernel
 
 
@@ -410,13 +416,9 @@ _stats_kernel: Optional[bool] = None
 
 
 def _has_stats_kernel() -> bool:
-    # Asked on every call; the extension is loaded (or not) once, at import.
     global _stats_kernel
     if _stats_kernel is None:
-        try:
-            _stats_kernel = hasattr(torch.ops.videoconv, "_channel_stats_cpu")
-        except RuntimeError:
-            _stats_kernel = False
+        _stats_kernel = _op_registered("_channel_stats_cpu")
     return _stats_kernel
 
 
