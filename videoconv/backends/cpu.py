@@ -208,6 +208,7 @@ _WINOGRAD_MIN_CHANNELS_BF16 = 64
 _WINOGRAD_MAX_WEIGHT_BYTES = 32 << 20
 _WINOGRAD_LANES = 16  # the kernel's channel vector (csrc/cpu/conv3d_winograd.cpp)
 
+
 def _op_registered(name: str) -> bool:
     """Whether the videoconv._C extension registered ``torch.ops.videoconv.<name>``."""
     try:
