@@ -32,6 +32,9 @@ def test_matrix_covers_what_the_issue_lists():
     # the cpu backend's Winograd kernel, with a C_out it has to pad
     assert any(c.cin % 16 == 0 and c.cout % 16 and c.kernel[1:] == (3, 3) and c.groups == 1
                and set(c.stride) == {1} for c in conv)
+    # the cpu backend's 1x1x1 kernel, strided, with a C_out it has to mask
+    assert any(c.kernel == (1, 1, 1) and c.cin >= 32 and c.cout % 16 and c.stride != (1, 1, 1)
+               and c.groups == 1 for c in conv)
     plus = [c for c in cases if c.op == "conv2plus1d_bn_act"]
     assert {c.temporal_first for c in plus} == {True, False} and any(c.cmid % 8 for c in plus)
 

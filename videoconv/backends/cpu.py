@@ -33,6 +33,15 @@ way left to be faster. The products are float32 (also for bfloat16 tensors; see 
 for why). Which layers qualify is :func:`_use_winograd`; ``VIDEOCONV_CPU_WINOGRAD=0`` (read at
 import) turns it off, e.g. to compare with oneDNN or to get oneDNN's rounding exactly.
 
+1x1x1 convolutions (X3D's and CSN's expansions and projections, the ResNet shortcuts) with at
+least 32 input channels run through ``videoconv::_conv3d_pointwise_cpu``
+(csrc/cpu/conv3d_pointwise.cpp): one GEMM over the output positions with the same AVX512-BF16 /
+AVX-512 instructions as oneDNN's kernel and the epilogue on its accumulators, without oneDNN's
+~30-60 µs of per-call set-up, which is a third of such a layer's time inside X3D-S. The weight is
+packed once (:func:`_pointwise_weight`, cached). Which layers qualify is :func:`_use_pointwise`
+(on CPUs with AVX-512 and AVX512-BF16 only); ``VIDEOCONV_CPU_POINTWISE=0`` (read at import)
+turns it off.
+
 float32 and bfloat16 only (float16 convolutions fail on CPUs without AVX512-FP16/AMX-FP16; float64
 is the reference backend's job). The output has the input's memory format, as in every backend.
 """
@@ -258,6 +267,74 @@ def _use_winograd(key) -> bool:
             and min(c_in, c_out) >= _WINOGRAD_MIN_CHANNELS_BF16)
 
 
+#: The 1x1x1 kernel for eligible convolutions (see the module docstring); read at import.
+POINTWISE = os.environ.get("VIDEOCONV_CPU_POINTWISE", "1") != "0"
+
+#: Limits of the 1x1x1 kernel (:func:`_use_pointwise`), from timings on this project's 2-core
+#: AMD EPYC (Zen 4, AVX-512 BF16, no AMX) against oneDNN's brgconv_1x1, same process, kernel
+#: call alone (inside a model the kernel also saves most of oneDNN's ~30-60 µs set-up per call):
+#:
+#: * bfloat16: 1.10-1.24x on X3D-S's 1x1x1 convolutions with C_in >= 48 and R3D-18's 256 -> 512
+#:   shortcut, 0.97-1.01x on the 64/128-channel stride-2 shortcuts of R3D-18 at 8x56x56 and
+#:   8x28x28; 0.67x with C_in 24 (X3D-S's 24 -> 54 expansion on 13x80x80, a pass over 13 MB
+#:   with 12 dot-product steps per output vector, where oneDNN streams better). Hence C_in >= 32.
+#: * float32: 1.04-1.13x up to ~1600 output positions (X3D-S stages 3-4, R3D-18 layers 3-4),
+#:   0.75-0.96x from ~3000 up (64 -> 128 stride 2 from 8x56x56, 48 -> 108 at 13x20x20), where
+#:   the float32 FMA rate, not the call, bounds both. Hence at most _POINTWISE_MAX_ROWS_F32
+#:   output positions in float32.
+_POINTWISE_MIN_CHANNELS = 32
+_POINTWISE_MAX_ROWS_F32 = 2048
+_POINTWISE_LANES = 16  # the kernel's channel vector (csrc/cpu/conv3d_pointwise.cpp)
+_POINTWISE_BLOCK = 64  # the kernel's column block: four vectors
+
+_pointwise_kernel: Optional[bool] = None
+
+
+def _has_pointwise_kernel() -> bool:
+    """Whether the extension has the 1x1x1 kernel and this CPU can run it (AVX-512 + BF16)."""
+    global _pointwise_kernel
+    if _pointwise_kernel is None:
+        _pointwise_kernel = (_op_registered("_conv3d_pointwise_cpu")
+                             and bool(torch.ops.videoconv._conv3d_pointwise_cpu_supported()))
+    return _pointwise_kernel
+
+
+def _use_pointwise(key) -> bool:
+    """Whether the convolution ``key`` describes runs through the 1x1x1 kernel
+    (``videoconv::_conv3d_pointwise_cpu``): a 1x1x1 kernel, no padding, no groups, any stride,
+    channels_last_3d, float32 or bfloat16, and the limits above. Tiny ones (:func:`_is_small_gemm`)
+    are asked about first and stay a small GEMM."""
+    (dtype, _, fmt, wshape), stride, padding, _, groups, input_size = key
+    if not (POINTWISE and fmt == torch.channels_last_3d and tuple(wshape[2:]) == (1, 1, 1)
+            and tuple(padding) == (0, 0, 0) and groups == 1
+            and wshape[1] >= _POINTWISE_MIN_CHANNELS and _has_pointwise_kernel()):
+        return False
+    if dtype == torch.bfloat16:
+        return True
+    n, _, d, h, w = input_size
+    rows = n * math.prod(-(-size // s) for size, s in zip((d, h, w), stride))
+    return dtype == torch.float32 and rows <= _POINTWISE_MAX_ROWS_F32
+
+
+def _pointwise_weight(folded: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The 1x1x1 kernel's packed weight from the folded float64 (C_out, C_in, 1, 1, 1) weight,
+    rounded once to ``dtype``: one flat tensor of column blocks of 64 output channels (the last
+    one narrower), each block [K step][block width] (float32: a step is one input channel) or
+    [K step][block width][2] (bfloat16: a step is a pair of input channels, the operand layout of
+    vdpbf16ps). C_out is zero-padded to a multiple of 16, an odd C_in by one zero channel."""
+    c_out, c_in = folded.shape[:2]
+    w = folded.reshape(c_out, c_in)
+    padded = -(-c_out // _POINTWISE_LANES) * _POINTWISE_LANES
+    pair = dtype == torch.bfloat16
+    w = F.pad(w, (0, c_in % 2 if pair else 0, 0, padded - c_out))
+    blocks = []
+    for c0 in range(0, padded, _POINTWISE_BLOCK):
+        b = w[c0:c0 + _POINTWISE_BLOCK]
+        b = b.reshape(b.shape[0], -1, 2).permute(1, 0, 2) if pair else b.t()
+        blocks.append(b.to(dtype).reshape(-1))
+    return torch.cat(blocks).contiguous()
+
+
 # G of F(4x4, 3x3) (Lavin & Gray 2016), exact in float64: U = G g G^T per 3x3 slice.
 _WINOGRAD_G = (
     (1 / 4, 0.0, 0.0),
@@ -286,10 +363,10 @@ def _winograd_weight(folded: torch.Tensor) -> torch.Tensor:
 
 
 def _pack(weight, scale, shift, cache_key):
-    # cache_key = (key, winograd): the route is part of what the cache compares, so that a
-    # cached transformed weight is never handed to oneDNN (or the reverse) after WINOGRAD or
-    # a limit is changed at run time.
-    key, winograd = cache_key
+    # cache_key = (key, route): the route ("winograd", "pointwise" or "onednn") is part of what
+    # the cache compares, so that a weight packed for one kernel is never handed to another
+    # after WINOGRAD, POINTWISE or a limit is changed at run time.
+    key, route = cache_key
     _, stride, padding, dilation, groups, input_size = key
     dtype = weight.dtype
     with torch.no_grad():
@@ -297,10 +374,12 @@ def _pack(weight, scale, shift, cache_key):
         bias = shift.detach().to(dtype).contiguous()
         if _is_small_gemm(key):  # a plain (C_out, C_in) float32 matrix (_prepare_small_gemm)
             return w.to(dtype).reshape(w.shape[0], w.shape[1]).float().contiguous(), bias.float()
-        if winograd:  # the transformed float32 weight and a float32 shift
+        if route == "winograd":  # the transformed float32 weight and a float32 shift
             # From the float64 folded weight, with no rounding to the dtype first: oneDNN needs
             # the weight in the input's dtype, this kernel does not.
             return _winograd_weight(w), shift.detach().float().contiguous()
+        if route == "pointwise":  # the packed weight in the dtype and a float32 shift
+            return _pointwise_weight(w, dtype), shift.detach().float().contiguous()
         w = w.to(dtype).contiguous(memory_format=torch.channels_last_3d)
         packed = torch.ops.mkldnn._reorder_convolution_weight(
             w, list(padding), list(stride), list(dilation), groups, list(input_size))
@@ -364,8 +443,9 @@ def _prepare(weight, scale, shift, stride, padding, dilation, groups, activation
     stride, padding, dilation = list(stride), list(padding), list(dilation)
     key = ((weight.dtype, weight.device, fmt, tuple(weight.shape)), tuple(stride), tuple(padding),
            tuple(dilation), groups, tuple(input_size))
-    winograd = _use_winograd(key)
-    packed, bias = pack_cache.get(weight, scale, shift, (key, winograd))
+    route = ("winograd" if _use_winograd(key)
+             else "pointwise" if not _is_small_gemm(key) and _use_pointwise(key) else "onednn")
+    packed, bias = pack_cache.get(weight, scale, shift, (key, route))
     final = fmt if out_format is None else out_format
     mk = torch.ops.mkldnn
 
@@ -375,7 +455,16 @@ def _prepare(weight, scale, shift, stride, padding, dilation, groups, activation
     if _is_small_gemm(key):  # the pack cache then holds a plain float32 matrix, not a packed weight
         return _prepare_small_gemm(packed, bias, activation, input_size, weight.dtype, final)
 
-    if winograd:
+    if route == "pointwise":
+        kernel = torch.ops.videoconv._conv3d_pointwise_cpu.default
+
+        def conv_pointwise(x, residual):
+            if residual is not None:
+                residual = residual.contiguous(memory_format=torch.channels_last_3d)
+            return finish(kernel(x, packed, bias, stride, activation, residual))
+        return conv_pointwise
+
+    if route == "winograd":
         kernel = torch.ops.videoconv._conv3d_winograd_cpu.default
 
         def conv_winograd(x, residual):
