@@ -86,19 +86,35 @@ struct Geometry {
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
 
+// Loads and stores of 16 channels; masked only for the last, partial vector of a C_out that is
+// not a multiple of 16 (masked stores are several times slower than plain ones on Zen 4, and
+// the output is written once per value: with them on every vector, a 24 -> 54 layer on
+// 13x80x80 positions ran at 0.67x of oneDNN).
+constexpr __mmask16 kFull = 0xFFFF;
+
 inline __m512 load_f32(const float* p, __mmask16 mask) {
-  return _mm512_maskz_loadu_ps(mask, p);
+  return mask == kFull ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(mask, p);
 }
 inline __m512 load_f32(const at::BFloat16* p, __mmask16 mask) {
-  const __m256i h = _mm256_maskz_loadu_epi16(mask, p);
+  const __m256i h = mask == kFull ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
+                                  : _mm256_maskz_loadu_epi16(mask, p);
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 inline void store_f32(__m512 v, float* p, __mmask16 mask) {
-  _mm512_mask_storeu_ps(p, mask, v);
+  if (mask == kFull) {
+    _mm512_storeu_ps(p, v);
+  } else {
+    _mm512_mask_storeu_ps(p, mask, v);
+  }
 }
 // Round to nearest even (vcvtneps2bf16, as c10::BFloat16's conversion; a NaN stays a NaN).
 inline void store_f32(__m512 v, at::BFloat16* p, __mmask16 mask) {
-  _mm256_mask_storeu_epi16(p, mask, (__m256i)_mm512_cvtneps_pbh(v));
+  const __m256i h = (__m256i)_mm512_cvtneps_pbh(v);
+  if (mask == kFull) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), h);
+  } else {
+    _mm256_mask_storeu_epi16(p, mask, h);
+  }
 }
 
 template <typename T>
