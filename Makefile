@@ -24,7 +24,7 @@ BENCH_STAMP := .make/bench-extras
 
 install: $(STAMP)
 
-$(STAMP): setup.py pyproject.toml Makefile $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu)
+$(STAMP): setup.py pyproject.toml Makefile $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu)
 	@mkdir -p .make
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
 		echo "using the installed torch $$($(PYTHON) -c 'import torch; print(torch.__version__)')"; \

@@ -76,6 +76,11 @@ TORCH_LIBRARY(videoconv, m) {
   m.def(
       "conv3d_bn_stats(Tensor input, Tensor weight, int[3] stride, int[3] padding, "
       "int[3] dilation, int groups) -> (Tensor, Tensor, Tensor)");
+  // Squeeze-and-Excitation's element-wise ends (videoconv/ops/squeeze_excitation.py): the mean
+  // over D, H, W of each channel, (N, C, 1, 1, 1); and act(input * scale) with scale of size
+  // (N, C, 1, 1, 1), the rescaling and the activation after it in one pass.
+  m.def("channel_mean(Tensor input) -> Tensor");
+  m.def("scale_act(Tensor input, Tensor scale, str activation) -> Tensor");
   m.def("_build_info() -> str", &build_info);
 }
 

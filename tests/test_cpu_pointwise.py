@@ -118,10 +118,11 @@ def test_channels_first_input_keeps_its_layout():
 
 
 def test_which_layers_take_it(monkeypatch):
-    """The speed rule with its real limits: C_in >= 32, channels_last_3d, 1x1x1, no padding or
-    groups; bfloat16 at any size, float32 up to _POINTWISE_MAX_ROWS_F32 output positions;
-    the small GEMM keeps the pooled Squeeze-and-Excitation convolutions."""
+    """The speed rule with its real limits: C_in >= 32 (or a tiny, small-GEMM-sized one, as
+    Squeeze-and-Excitation's on a pooled map), channels_last_3d, 1x1x1, no padding or groups;
+    bfloat16 at any size, float32 up to _POINTWISE_MAX_ROWS_F32 output positions."""
     monkeypatch.setattr(cpu_backend, "_POINTWISE_MIN_CHANNELS", 32)
+    monkeypatch.setattr(cpu_backend, "_SMALL_GEMM_ROWS", 64)
     monkeypatch.setattr(cpu_backend, "_POINTWISE_MAX_ROWS_F32", 2048)
     bf, f32 = torch.bfloat16, torch.float32
 
@@ -134,6 +135,8 @@ def test_which_layers_take_it(monkeypatch):
     assert takes(bf, 54, 24, (13, 40, 40))            # X3D-S stage 1 projection
     assert takes(bf, 64, 128, (8, 56, 56), (2, 2, 2))  # R3D-18's first shortcut
     assert not takes(bf, 24, 54, (13, 80, 80))        # C_in 24: oneDNN streams better
+    assert takes(bf, 16, 216, (1, 1, 1))              # SE on a pooled map: any C_in
+    assert takes(f32, 8, 54, (1, 1, 1), fmt=torch.contiguous_format)  # one position: any layout
     assert takes(f32, 216, 96, (13, 10, 10))          # 1300 positions
     assert not takes(f32, 54, 24, (13, 40, 40))       # 20800 positions: float32 FMA-bound
     assert takes(f32, 128, 256, (8, 28, 28), (2, 2, 2))  # 784 positions after the stride
@@ -147,14 +150,23 @@ def test_which_layers_take_it(monkeypatch):
     assert not takes(bf, 216, 96, (13, 10, 10))
 
 
-def test_small_gemm_is_asked_first(monkeypatch):
-    """A pooled (N, C, 1, 1, 1) input stays on the small-GEMM path, whose call is cheaper still."""
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL], ids=["ncdhw", "cl"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=_ids)
+def test_pooled_se_convs_take_it_at_any_width(monkeypatch, dtype, layout):
+    """Squeeze-and-Excitation's convs on a pooled (N, C, 1, 1, 1) map (both layouts at once)
+    take the kernel whatever C_in, in place of the small GEMM, and keep plain strides."""
     monkeypatch.setattr(cpu_backend, "_SMALL_GEMM_ROWS", 64)
-    x, w, scale, shift, _ = _inputs(1, 216, 16, (1, 1, 1), (1, 1, 1), torch.bfloat16, False)
+    monkeypatch.setattr(cpu_backend, "_POINTWISE_MIN_CHANNELS", 32)
+    x, w, scale, shift, residual = _inputs(2, 16, 54, (1, 1, 1), (1, 1, 1), dtype, True)
+    x, residual = x.contiguous(memory_format=layout), residual.contiguous(memory_format=layout)
     with backends.use("cpu"):
-        conv3d_bn_act(x, w, scale, shift, 1, 0, 1, 1, "relu")
+        y = conv3d_bn_act(x, w, scale, shift, 1, 0, 1, 1, "silu", residual)
     (key, route), = [entry.key for _, entry in cpu_backend.pack_cache._entries.values()]
-    assert route == "onednn" and cpu_backend._is_small_gemm(key)
+    assert route == "pointwise" and cpu_backend._is_small_gemm(key)
+    assert y.stride() == (54, 1, 1, 1, 1)
+    expected = oracle_conv3d_bn_act(x, w, scale, shift, (1, 1, 1), (0, 0, 0), (1, 1, 1), 1, "silu", residual)
+    atol, rtol = _TOL[dtype]
+    torch.testing.assert_close(y.double(), expected, atol=atol, rtol=rtol)
 
 
 def test_environment_variable_turns_it_off():

@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from .nn import Conv2Plus1dBNAct, Conv3dBNAct, FusedModuleBase
 from .nn.conv2plus1d_bn_act import split_2plus1d_convs
 from .nn.conv3d_bn_act import check_conv3d_for_fusion
+from .ops.squeeze_excitation import fused_channel_mean, fused_scale_act
 
 __all__ = ["fuse", "fuse_report", "FuseReport", "FusedChain", "LeftAlone", "state_dict_key_map"]
 
@@ -69,7 +70,9 @@ class FusedChain:
     """One fused chain: where the fused module is, its kind, and the original module paths."""
 
     path: str
-    kind: str  # "conv-bn-act", "conv-bn-add-act", "conv-act", "conv", "(2+1)d", "(2+1)d-add"
+    # "conv-bn-act", "conv-bn-add-act", "conv-act", "conv", "(2+1)d", "(2+1)d-add", or
+    # "se-scale-act" (a Squeeze-and-Excitation block's pool and rescaling + activation)
+    kind: str
     modules: Tuple[str, ...]
     activation: str
     note: str = ""
@@ -236,6 +239,81 @@ class _Chain:
 
     def members(self) -> List[str]:
         return [p for p in self.convs + self.bns + self.acts if p]
+
+
+# -- Squeeze-and-Excitation ------------------------------------------------------------------
+
+_SIGMOID_FUNCTIONS = (torch.sigmoid, torch.special.expit)
+_MUL_FUNCTIONS = (operator.mul, torch.mul)
+
+
+def _is_sigmoid(node: fx.Node, modules: Dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), nn.Sigmoid)
+    if node.op == "call_function":
+        return node.target in _SIGMOID_FUNCTIONS
+    return node.op == "call_method" and node.target == "sigmoid"
+
+
+def _is_one(size) -> bool:
+    return size == 1 or (isinstance(size, (tuple, list)) and list(size) == [1, 1, 1])
+
+
+def _global_pool_input(node: fx.Node, modules: Dict[str, nn.Module]) -> Optional[fx.Node]:
+    """The pooled tensor if ``node`` is a global average pool (``AdaptiveAvgPool3d(1)``)."""
+    if node.op == "call_module":
+        m = modules.get(node.target)
+        ok = isinstance(m, nn.AdaptiveAvgPool3d) and _is_one(m.output_size) and len(node.args) == 1
+    elif node.op == "call_function" and node.target is F.adaptive_avg_pool3d:
+        size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+        ok = _is_one(size)
+    else:
+        ok = False
+    return node.args[0] if ok and isinstance(node.args[0], fx.Node) else None
+
+
+def _se_channels(m: nn.Module) -> Optional[Tuple[Optional[int], Optional[int]]]:
+    """(in, out) channels of a module an SE block applies to its pooled (N, C, 1, 1, 1) map
+    (None for those that keep the channels), or None if it is not one of those."""
+    conv = m.conv if isinstance(m, Conv3dBNAct) else m
+    if isinstance(conv, nn.Conv3d):
+        if (tuple(conv.kernel_size) != (1, 1, 1) or tuple(conv.stride) != (1, 1, 1)
+                or conv.padding not in ((0, 0, 0), "valid")):
+            return None
+        return conv.in_channels, conv.out_channels
+    if isinstance(m, (nn.ReLU, nn.SiLU, nn.Identity, nn.BatchNorm3d)):
+        return None, None
+    return None
+
+
+def _se_pool(scale: fx.Node, x: fx.Node, modules: Dict[str, nn.Module]) -> Optional[fx.Node]:
+    """The global pool of ``x`` that ``scale`` is computed from, if ``scale`` is an SE block's
+    ``sigmoid(f(pool(x)))`` with ``f`` a chain of 1x1x1 convolutions, ReLU/SiLU, BatchNorm or
+    Identity modules whose output has as many channels as ``x``: then ``scale`` has size
+    (N, C, 1, 1, 1) for any input, which is what ``videoconv.scale_act`` takes."""
+    if not _is_sigmoid(scale, modules) or len(scale.args) != 1:
+        return None
+    node, first_in, last_out = scale.args[0], None, None
+    for _ in range(16):
+        if not isinstance(node, fx.Node):
+            return None
+        if _global_pool_input(node, modules) is not None:
+            if _global_pool_input(node, modules) is not x:
+                return None
+            if first_in is not None and last_out is not None and first_in != last_out:
+                return None
+            return node
+        if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+            return None
+        channels = _se_channels(modules[node.target])
+        if channels is None:
+            return None
+        if channels[1] is not None and last_out is None:
+            last_out = channels[1]
+        if channels[0] is not None:
+            first_in = channels[0]
+        node = node.args[0]
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -516,12 +594,61 @@ class _Fuser:
             out.replace_all_uses_with(new)
             for n in reversed(chain.nodes):
                 graph.erase_node(n)
+        self._rewrite_squeeze_excitation(module, graph, prefix)
         graph.lint()
         name = type(module).__name__
         gm = fx.GraphModule(module, graph, class_name=name if name.endswith("Fused") else name + "Fused")
         gm.train(module.training)
         _reorder_like(gm, module)
         return gm
+
+    def _rewrite_squeeze_excitation(self, module: nn.Module, graph: fx.Graph, prefix: str) -> None:
+        """Squeeze-and-Excitation blocks, ``act(x * sigmoid(f(pool(x))))``: the global pool
+        becomes ``videoconv.channel_mean`` and the rescaling with the ReLU/SiLU after it (if its
+        only user) one ``videoconv.scale_act``, called through ``fused_channel_mean`` /
+        ``fused_scale_act`` (see videoconv/ops/squeeze_excitation.py). Only in
+        a graph being rewritten anyway (X3D's blocks: their residual add), and not with the
+        ``reference`` backend forced, whose job is to run eager PyTorch's ops."""
+        if self.backend == "reference":
+            return
+        modules = dict(module.named_modules(remove_duplicate=False))
+        for mul in list(graph.nodes):
+            if mul.op != "call_function" or mul.target not in _MUL_FUNCTIONS or mul.kwargs:
+                continue
+            if len(mul.args) != 2 or not all(isinstance(a, fx.Node) for a in mul.args):
+                continue
+            found = None
+            for x, scale in (mul.args, mul.args[::-1]):
+                pool = _se_pool(scale, x, modules)
+                if pool is not None:
+                    found = x, scale, pool
+                    break
+            if found is None:
+                continue
+            x, scale, pool = found
+            users = list(mul.users)
+            act_node = users[0] if len(users) == 1 else None
+            activation = _act_of(act_node, modules) if act_node is not None else None
+            if activation is None or act_node.args[:1] != (mul,) or len(act_node.args) != 1 or (
+                    set(act_node.kwargs) - {"inplace"}):
+                act_node, activation = None, "identity"
+            parts = [n.target for n in (pool, scale, act_node)
+                     if n is not None and n.op == "call_module"]
+            with graph.inserting_before(pool):
+                mean = graph.call_function(fused_channel_mean, (x,))
+            pool.replace_all_uses_with(mean)
+            graph.erase_node(pool)
+            out = act_node if act_node is not None else mul
+            with graph.inserting_before(out):
+                new = graph.call_function(fused_scale_act, (x, scale, activation))
+            out.replace_all_uses_with(new)
+            if act_node is not None:
+                graph.erase_node(act_node)
+            graph.erase_node(mul)
+            path = _lca(parts) if parts else ""
+            self.fused.append(FusedChain(
+                _join(prefix, path), "se-scale-act", tuple(_join(prefix, p) for p in parts),
+                activation, "pool -> videoconv.channel_mean, x * scale -> videoconv.scale_act"))
 
     # -- walking -------------------------------------------------------------------------
 

@@ -364,7 +364,11 @@ at::Tensor conv3d_pointwise_cpu(const at::Tensor& input, const at::Tensor& packe
   g.h_out = (g.h_in - 1) / g.sh + 1;
   g.w_out = (g.w_in - 1) / g.sw + 1;
   g.rows = batch * g.t_out * g.h_out * g.w_out;
-  auto y = at::empty({batch, g.co, g.t_out, g.h_out, g.w_out}, input.options().memory_format(cl));
+  // One position per sample (Squeeze-and-Excitation on a pooled map): the output is both
+  // layouts at once; it gets the plain strides, as the other paths and the fake give it.
+  const bool point = g.t_out * g.h_out * g.w_out == 1;
+  auto y = at::empty({batch, g.co, g.t_out, g.h_out, g.w_out},
+                     input.options().memory_format(point ? at::MemoryFormat::Contiguous : cl));
   const bool has_res = residual.has_value() && residual->defined();
   if (has_res) {
     TORCH_CHECK(residual->sizes() == y.sizes() && residual->scalar_type() == input.scalar_type() &&

@@ -41,81 +41,22 @@
 #include <ATen/native/CPUBlas.h>
 #include <torch/library.h>
 
+#include "vec16.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
-// The 64-byte vector helpers below are inline; GCC warns that passing them by value would have a
-// different ABI with and without AVX-512, which cannot matter for functions that are inlined.
-#pragma GCC diagnostic ignored "-Wpsabi"
-
 namespace videoconv {
 namespace {
 
-constexpr int64_t kLanes = 16;      // channels per transform step
+using namespace vec16;
+
 constexpr int64_t kTileBlock = 32;  // output tiles per GEMM block (see the L2 note above)
 
-// One multi-versioned copy of the hot loops per ISA level, chosen at load time: the package is
-// built for the baseline x86-64 ISA, and the transforms are ~25% of the time with AVX-512.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define VIDEOCONV_ISA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define VIDEOCONV_ISA_CLONES
-#endif
-
 enum Activation : int { kIdentity = 0, kRelu = 1, kSilu = 2 };
-
-// 16 float lanes as one value: GCC's vector extension, lowered to one AVX-512, two AVX2 or four
-// SSE registers per value by the clones above. Written this way (not as loops over float[16])
-// the 6x6 tiles of the transforms stay in registers; the loop form spilled them to the stack
-// and reloaded them lane by lane (store-forwarding stalls, ~3x slower transforms).
-typedef float vf16 __attribute__((vector_size(64)));
-typedef uint32_t vu16 __attribute__((vector_size(64)));
-typedef int32_t vi16 __attribute__((vector_size(64)));
-typedef uint16_t vh16 __attribute__((vector_size(32)));
-
-inline vf16 load16(const float* p) {
-  vf16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-inline vf16 load16(const at::BFloat16* p) {
-  vh16 h;
-  std::memcpy(&h, p, sizeof(h));
-  const vu16 bits = __builtin_convertvector(h, vu16) << 16;
-  vf16 v;
-  std::memcpy(&v, &bits, sizeof(v));
-  return v;
-}
-inline void store16(vf16 v, float* p) { std::memcpy(p, &v, sizeof(v)); }
-// Round to nearest even, NaN kept a quiet NaN: c10::BFloat16's conversion, as vector integer
-// arithmetic (the scalar conversion does not vectorise and costs as much as the transform).
-inline void store16(vf16 v, at::BFloat16* p) {
-  vu16 bits;
-  std::memcpy(&bits, &v, sizeof(bits));
-  const vu16 rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
-  const vi16 nan = (bits & 0x7FFFFFFFu) > 0x7F800000u;  // all-ones lanes where v is NaN
-  const vu16 out = (rounded & ~vu16(nan)) | (vu16(nan) & 0x7FC0u);
-  const vh16 h = __builtin_convertvector(out, vh16);
-  std::memcpy(p, &h, sizeof(h));
-}
-
-// The first n < 16 lanes only (the last group of a C_out that is not a multiple of 16): through
-// a 16-wide buffer, so that nothing past the tensor's end is read or written.
-template <typename T>
-inline vf16 load16_first(const T* p, int64_t n) {
-  T buf[kLanes] = {};
-  std::memcpy(buf, p, n * sizeof(T));
-  return load16(buf);
-}
-template <typename T>
-inline void store16_first(vf16 v, T* p, int64_t n) {
-  T buf[kLanes];
-  store16(v, buf);
-  std::memcpy(p, buf, n * sizeof(T));
-}
 
 // B^T (6x6) of the input transform: o = B^T d for six vectors.
 inline void input_transform6(const vf16* d, vf16* o) {

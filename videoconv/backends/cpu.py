@@ -10,8 +10,9 @@ oneDNN and the silu in ATen (float32 for bfloat16, rounded once).
 The folded weight is reordered into oneDNN's blocked layout once and cached (see
 :class:`_PackCache`): repacking on every call would cost about as much as the gain. Tiny 1x1x1
 convolutions (Squeeze-and-Excitation on a pooled input, heads; :func:`_is_small_gemm`) skip
-oneDNN, whose per-call cost (~30 µs) is most of their time, and run as one small ATen GEMM on the
-cached folded matrix, with the same arithmetic.
+oneDNN, whose per-call cost (~30 µs) is most of their time: they run through the 1x1x1 kernel
+below where it is available, else as one small ATen GEMM on the cached folded matrix, with the
+same arithmetic.
 
 ``conv3d_bn_stats`` (training-mode BatchNorm, see videoconv/ops/conv3d_bn_stats.py) runs the
 same oneDNN convolution with an identity epilogue (the BN's scale/shift are not known before the
@@ -34,7 +35,7 @@ for why). Which layers qualify is :func:`_use_winograd`; ``VIDEOCONV_CPU_WINOGRA
 import) turns it off, e.g. to compare with oneDNN or to get oneDNN's rounding exactly.
 
 1x1x1 convolutions (X3D's and CSN's expansions and projections, the ResNet shortcuts) with at
-least 32 input channels run through ``videoconv::_conv3d_pointwise_cpu``
+least 32 input channels, and the tiny ones above at any width, run through ``videoconv::_conv3d_pointwise_cpu``
 (csrc/cpu/conv3d_pointwise.cpp): one GEMM over the output positions with the same AVX512-BF16 /
 AVX-512 instructions as oneDNN's kernel and the epilogue on its accumulators, without oneDNN's
 ~30-60 µs of per-call set-up, which is a third of such a layer's time inside X3D-S. The weight is
@@ -302,12 +303,15 @@ def _has_pointwise_kernel() -> bool:
 def _use_pointwise(key) -> bool:
     """Whether the convolution ``key`` describes runs through the 1x1x1 kernel
     (``videoconv::_conv3d_pointwise_cpu``): a 1x1x1 kernel, no padding, no groups, any stride,
-    channels_last_3d, float32 or bfloat16, and the limits above. Tiny ones (:func:`_is_small_gemm`)
-    are asked about first and stay a small GEMM."""
+    channels_last_3d (or one position per sample, which is both layouts), float32 or bfloat16,
+    and the limits above. The tiny ones :func:`_is_small_gemm` describes (Squeeze-and-Excitation
+    on a pooled map) take it at any C_in: its ~3-5 µs call beats the small GEMM's 5-11 µs."""
     (dtype, _, fmt, wshape), stride, padding, _, groups, input_size = key
-    if not (POINTWISE and fmt == torch.channels_last_3d and tuple(wshape[2:]) == (1, 1, 1)
-            and tuple(padding) == (0, 0, 0) and groups == 1
-            and wshape[1] >= _POINTWISE_MIN_CHANNELS and _has_pointwise_kernel()):
+    point = tuple(input_size[2:]) == (1, 1, 1)
+    if not (POINTWISE and (fmt == torch.channels_last_3d or point)
+            and tuple(wshape[2:]) == (1, 1, 1) and tuple(padding) == (0, 0, 0) and groups == 1
+            and (wshape[1] >= _POINTWISE_MIN_CHANNELS or _is_small_gemm(key))
+            and _has_pointwise_kernel()):
         return False
     if dtype == torch.bfloat16:
         return True
@@ -372,7 +376,7 @@ def _pack(weight, scale, shift, cache_key):
     with torch.no_grad():
         w = weight.detach().double() * scale.detach().double().view(-1, 1, 1, 1, 1)
         bias = shift.detach().to(dtype).contiguous()
-        if _is_small_gemm(key):  # a plain (C_out, C_in) float32 matrix (_prepare_small_gemm)
+        if route == "onednn" and _is_small_gemm(key):  # a (C_out, C_in) float32 matrix
             return w.to(dtype).reshape(w.shape[0], w.shape[1]).float().contiguous(), bias.float()
         if route == "winograd":  # the transformed float32 weight and a float32 shift
             # From the float64 folded weight, with no rounding to the dtype first: oneDNN needs
@@ -443,8 +447,8 @@ def _prepare(weight, scale, shift, stride, padding, dilation, groups, activation
     stride, padding, dilation = list(stride), list(padding), list(dilation)
     key = ((weight.dtype, weight.device, fmt, tuple(weight.shape)), tuple(stride), tuple(padding),
            tuple(dilation), groups, tuple(input_size))
-    route = ("winograd" if _use_winograd(key)
-             else "pointwise" if not _is_small_gemm(key) and _use_pointwise(key) else "onednn")
+    route = ("winograd" if _use_winograd(key) else "pointwise" if _use_pointwise(key)
+             else "onednn")
     packed, bias = pack_cache.get(weight, scale, shift, (key, route))
     final = fmt if out_format is None else out_format
     mk = torch.ops.mkldnn
@@ -452,7 +456,7 @@ def _prepare(weight, scale, shift, stride, padding, dilation, groups, activation
     def finish(y):
         return y if final is False else y.contiguous(memory_format=final)
 
-    if _is_small_gemm(key):  # the pack cache then holds a plain float32 matrix, not a packed weight
+    if route == "onednn" and _is_small_gemm(key):  # the cache holds a float32 matrix then
         return _prepare_small_gemm(packed, bias, activation, input_size, weight.dtype, final)
 
     if route == "pointwise":

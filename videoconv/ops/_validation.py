@@ -24,6 +24,8 @@ __all__ = [
     "check_conv3d_bn_act",
     "check_conv2plus1d_bn_act",
     "check_conv3d_bn_stats",
+    "check_channel_mean",
+    "check_scale_act",
 ]
 
 #: Activations the operators implement.
@@ -327,3 +329,25 @@ def check_conv2plus1d_bn_act(
     _check_channel_vector(op, "shift2", shift2, w2.shape[0], "output channel")
     _check_residual(op, residual, out_shape)
     return mid_shape, out_shape
+
+
+def check_channel_mean(input: torch.Tensor) -> None:
+    """Checks of ``videoconv.channel_mean``: a 5-D floating input with non-empty C, D, H, W."""
+    op = "videoconv.channel_mean"
+    _check_tensors(op, {"input": input})
+    _check_input(op, input)
+
+
+def check_scale_act(input: torch.Tensor, scale: torch.Tensor, activation: str) -> None:
+    """Checks of ``videoconv.scale_act``: the input as for the convolutions, ``scale`` of size
+    (N, C, 1, 1, 1) in the input's dtype and on its device, a known activation."""
+    op = "videoconv.scale_act"
+    _check_tensors(op, {"input": input, "scale": scale})
+    _check_input(op, input)
+    n, c = input.shape[0], input.shape[1]
+    if scale.dim() != 5 or tuple(scale.shape) != (n, c, 1, 1, 1):
+        raise RuntimeError(
+            f"{op}: expected scale of size (N, C, 1, 1, 1) = {_size([n, c, 1, 1, 1])} for input "
+            f"of size {_size(input.shape)}, got scale of size {_size(scale.shape)}"
+        )
+    canonical_activation(activation, op)

@@ -29,6 +29,8 @@ SCHEMAS = {
         "conv3d_bn_stats(Tensor input, Tensor weight, int[3] stride, int[3] padding, "
         "int[3] dilation, int groups) -> (Tensor, Tensor, Tensor)"
     ),
+    "channel_mean": "channel_mean(Tensor input) -> Tensor",
+    "scale_act": "scale_act(Tensor input, Tensor scale, str activation) -> Tensor",
     "_conv3d_input_weight_grad": (
         "_conv3d_input_weight_grad(Tensor grad_z, Tensor input, Tensor weight, int[3] stride, "
         "int[3] padding, int[3] dilation, int groups, bool[2] output_mask) -> (Tensor, Tensor)"

@@ -1,0 +1,207 @@
+"""videoconv.ops.channel_mean / scale_act (Squeeze-and-Excitation's pool and rescaling +
+activation; csrc/cpu/squeeze_excitation.cpp on the CPU) and their use by videoconv.fuse:
+values against float64, the op contract (opcheck, gradcheck), errors, and X3D fused with them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import videoconv
+from videoconv import backends, models
+from videoconv.ops import channel_mean, scale_act
+from videoconv.ops import squeeze_excitation as se_ops
+
+from reference_impls import assert_close_rel, randomise_batch_norm
+from test_ops import ACTS, _TOL
+
+CL = torch.channels_last_3d
+_ids = lambda d: str(d).replace("torch.", "")  # noqa: E731
+_ACT64 = {"relu": torch.relu, "silu": F.silu, "identity": lambda u: u}
+
+# (N, C, D, H, W): what each exercises in the kernels
+SHAPES = {
+    "c54": (1, 54, 3, 10, 10),          # C not a multiple of 16: 16-position blocks of C vectors
+    "c16_batch2": (2, 16, 2, 5, 7),     # 70 positions: 4 blocks and a 6-position rest
+    "few_positions": (2, 23, 1, 2, 3),  # fewer than 16 positions: only the rest
+    "many_chunks": (1, 8, 5, 30, 31),   # > 2048 positions: several mean chunks
+}
+
+
+def _x(shape, dtype, fmt, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float64).to(dtype).contiguous(memory_format=fmt)
+
+
+def _scale(shape, dtype, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(shape[0], shape[1], 1, 1, 1, generator=g, dtype=torch.float64).to(dtype) * 2 - 0.5
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, CL], ids=["ncdhw", "cl"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64], ids=_ids)
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_channel_mean_matches_float64(shape, dtype, fmt):
+    x = _x(SHAPES[shape], dtype, fmt)
+    y = channel_mean(x)
+    expected = x.double().mean((2, 3, 4), keepdim=True)
+    assert y.shape == expected.shape and y.dtype == dtype
+    atol, rtol = _TOL[dtype]
+    torch.testing.assert_close(y.double(), expected, atol=atol, rtol=rtol)
+    torch.testing.assert_close(y, F.adaptive_avg_pool3d(x, 1).contiguous(), atol=atol, rtol=rtol)
+    if dtype in (torch.float32, torch.bfloat16) and se_ops._has_kernels():
+        # the C++ kernel ran: the same bits as calling it directly
+        assert torch.equal(y, torch.ops.videoconv._channel_mean_cpu(x))
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, CL], ids=["ncdhw", "cl"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64], ids=_ids)
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_scale_act_matches_float64(shape, dtype, fmt, act):
+    x = _x(SHAPES[shape], dtype, fmt)
+    s = _scale(SHAPES[shape], dtype)
+    y = scale_act(x, s, act)
+    expected = _ACT64[act](x.double() * s.double())
+    assert y.shape == x.shape and y.dtype == dtype
+    assert y.is_contiguous(memory_format=fmt)
+    atol, rtol = _TOL[dtype]
+    torch.testing.assert_close(y.double(), expected, atol=atol, rtol=rtol)
+    if dtype in (torch.float32, torch.bfloat16) and se_ops._has_kernels():
+        assert torch.equal(y, torch.ops.videoconv._scale_act_cpu(x, s, act))
+
+
+def test_strided_view_and_forced_reference_take_aten():
+    """A non-dense view and the forced oracle run ATen's ops, with the same arithmetic."""
+    x = _x((1, 20, 6, 9, 9), torch.float32, CL)
+    s = _scale(x.shape, torch.float32)
+    view = x[:, :, ::2]
+    expected = F.silu(view.double() * s.double())
+    y = scale_act(view, s, "silu")
+    assert y.is_contiguous(memory_format=CL)
+    torch.testing.assert_close(y.double(), expected, atol=1e-6, rtol=1e-5)
+    with backends.use("reference"):
+        ref = scale_act(x, s, "silu")
+        ref_mean = channel_mean(x)
+    assert torch.equal(ref, F.silu(x * s).contiguous(memory_format=CL))
+    torch.testing.assert_close(ref_mean, x.mean((2, 3, 4), keepdim=True), atol=1e-6, rtol=1e-6)
+
+
+def test_empty_batch():
+    x = torch.randn(0, 4, 2, 3, 3)
+    assert channel_mean(x).shape == (0, 4, 1, 1, 1)
+    assert scale_act(x, torch.rand(0, 4, 1, 1, 1), "relu").shape == (0, 4, 2, 3, 3)
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, CL], ids=["ncdhw", "cl"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=_ids)
+def test_opcheck(dtype, fmt):
+    x = _x((2, 18, 2, 4, 5), dtype, fmt).requires_grad_()
+    s = _scale(x.shape, dtype).requires_grad_()
+    torch.library.opcheck(torch.ops.videoconv.channel_mean.default, (x,))
+    for act in ACTS:
+        torch.library.opcheck(torch.ops.videoconv.scale_act.default, (x, s, act))
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_gradcheck(act):
+    x = _x((2, 5, 2, 3, 3), torch.float64, CL).requires_grad_()
+    s = _scale(x.shape, torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: scale_act(a, b, act), (x, s))
+    assert torch.autograd.gradcheck(channel_mean, (x,))
+
+
+def test_float32_gradients_match_float64():
+    x = _x((1, 40, 3, 6, 6), torch.float32, CL).requires_grad_()
+    s = _scale(x.shape, torch.float32).requires_grad_()
+    grad = torch.randn(x.shape, dtype=torch.float64)
+    scale_act(x, s, "silu").backward(grad.float())
+    x64, s64 = x.detach().double().requires_grad_(), s.detach().double().requires_grad_()
+    F.silu(x64 * s64).backward(grad)
+    torch.testing.assert_close(x.grad.double(), x64.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s.grad.double(), s64.grad, atol=1e-4, rtol=1e-5)
+    assert x.grad.is_contiguous(memory_format=CL)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: channel_mean(torch.randn(2, 3, 4, 4)), RuntimeError, "5-D"),
+    (lambda: channel_mean(torch.ones(1, 3, 2, 2, 2, dtype=torch.int64)), RuntimeError, "floating-point"),
+    (lambda: channel_mean(torch.randn(1, 3, 0, 2, 2)), RuntimeError, "non-zero"),
+    (lambda: scale_act(torch.randn(1, 3, 2, 2, 2), torch.rand(1, 4, 1, 1, 1)), RuntimeError, "size"),
+    (lambda: scale_act(torch.randn(2, 3, 2, 2, 2), torch.rand(1, 3, 1, 1, 1)), RuntimeError, "size"),
+    (lambda: scale_act(torch.randn(1, 3, 2, 2, 2), torch.rand(1, 3)), RuntimeError, "size"),
+    (lambda: scale_act(torch.randn(1, 3, 2, 2, 2), torch.rand(1, 3, 1, 1, 1, dtype=torch.float64)),
+     RuntimeError, "same dtype"),
+    (lambda: scale_act(torch.randn(1, 3, 2, 2, 2), torch.rand(1, 3, 1, 1, 1), "gelu"), ValueError,
+     "unknown activation"),
+])
+def test_bad_input_is_named(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+@pytest.mark.skipif(not se_ops._has_kernels(), reason="needs the videoconv._C extension")
+def test_private_kernels_check_their_arguments():
+    x = torch.randn(1, 3, 2, 2, 2)
+    with pytest.raises(RuntimeError, match="scale must have size"):
+        torch.ops.videoconv._scale_act_cpu(x, torch.rand(1, 2, 1, 1, 1), "relu")
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        torch.ops.videoconv._channel_mean_cpu(x.double())
+    with pytest.raises(RuntimeError, match="contiguous or channels_last_3d"):
+        torch.ops.videoconv._channel_mean_cpu(x[:, :, ::2])
+    with pytest.raises(RuntimeError, match="unknown activation"):
+        torch.ops.videoconv._scale_act_cpu(x, torch.rand(1, 3, 1, 1, 1), "tanh")
+
+
+# ----------------------------------------------------------------------------------------------
+# fuse
+
+
+def _x3d(seed):
+    return randomise_batch_norm(models.get_model("x3d_s", num_classes=5), seed=seed).eval()
+
+
+def test_fuse_x3d_uses_them_and_keeps_outputs():
+    """Every SE block of X3D-S (one in two bottlenecks: 2 + 3 + 6 + 4) becomes channel_mean +
+    scale_act with the Swish after it, and the fused model computes what the original does."""
+    model = _x3d(21)
+    fused = videoconv.fuse(model)
+    report = videoconv.fuse_report(model)
+    se = [e for e in report.fused if e.kind == "se-scale-act"]
+    assert len(se) == 15 and {e.activation for e in se} == {"silu"}
+    assert any(e.path.endswith("res_blocks.0.branch2") for e in se)
+    ops = [n.target for gm in fused.modules() if isinstance(gm, torch.fx.GraphModule)
+           for n in gm.graph.nodes if n.op == "call_function"]
+    assert ops.count(se_ops.fused_scale_act) == 15 and ops.count(se_ops.fused_channel_mean) == 15
+    x = torch.randn(1, 3, 4, 32, 32)
+    with torch.no_grad():
+        assert_close_rel(fused(x), model(x), 1e-4)
+        # channels_last_3d, as the benchmarks run it
+        fused_cl = fused.to(memory_format=CL)
+        assert_close_rel(fused_cl(x.contiguous(memory_format=CL)), model(x), 1e-4)
+    # fusing again changes nothing
+    again = videoconv.fuse(fused)
+    with torch.no_grad():
+        assert torch.equal(again(x), fused(x))
+
+
+def test_fuse_with_reference_backend_leaves_se_to_eager():
+    model = _x3d(22)
+    fused = videoconv.fuse(model, backend="reference")
+    ops = [n.target for gm in fused.modules() if isinstance(gm, torch.fx.GraphModule)
+           for n in gm.graph.nodes if n.op == "call_function"]
+    assert se_ops.fused_scale_act not in ops
+    x = torch.randn(1, 3, 4, 32, 32)
+    with torch.no_grad():
+        assert_close_rel(fused(x), model(x), 1e-4)
+
+
+def test_fused_x3d_compiles_fullgraph():
+    torch._dynamo.reset()
+    model = _x3d(23)
+    fused = videoconv.fuse(model)
+    x = torch.randn(1, 3, 4, 32, 32)
+    compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        assert_close_rel(compiled(x), model(x), 1e-4)
