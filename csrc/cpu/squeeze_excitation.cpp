@@ -7,15 +7,20 @@
 // videoconv::_scale_act_cpu(x, s, act)      -> act(x * s), s of size (N, C, 1, 1, 1)
 //
 // Why: in eager PyTorch these are three passes over the block's biggest tensor (pool, multiply,
-// Swish), each rounding to the dtype, and ATen's channels_last_3d bfloat16 pool runs at ~7 GB/s
-// and its Swish spends ~30 cycles per 16 lanes in an exp accurate to 1 ulp. In X3D-S they were
-// ~4 ms of a ~33 ms bfloat16 forward. Here the pool is one pass at memory speed, and the scale
-// and the activation are one pass, computed in float32 and rounded once, with a ~2 ulp
-// vectorised exp (vec16.h).
+// Swish), the first two rounding to the dtype, and ATen's channels_last_3d pool of a 54- or
+// 108-channel map runs at ~7 GB/s (its vectors do not line up with the channels). Here the pool
+// is one pass at memory speed and the scale and the activation are one pass, in float32, rounded
+// once. Measured on the 2-core Zen 4 (bfloat16, channels_last_3d, 54 channels @13x40x40): pool
+// 263 -> 48 µs, scale + Swish 498 -> 384 µs (the Swish's exp, not memory, bounds that one: ~20
+// vector operations per 16 values, as in ATen's). In X3D-S's fused forward: ~1.4 ms of ~29
+// (bfloat16) and ~2 ms of ~43 (float32), with the fused graph calling the kernels directly.
 //
-// Layouts: channels_last_3d (a position's channels are contiguous: 16 channels per vector, the
-// scale vector loaded once per group of positions) and contiguous NCDHW (a channel's D*H*W
-// values are contiguous: one scale per plane). Float32 and bfloat16; the Python side
+// Layouts: channels_last_3d and contiguous NCDHW. In channels_last_3d, 16 consecutive
+// positions are 16 C values, i.e. exactly C vectors of 16 whatever C is, and lane l of vector v
+// is always channel (16 v + l) mod C: the loops step through such blocks (no partial vector per
+// position for X3D's 54 and 108 channels) with the scale laid out once in that pattern, and the
+// pool folds the lanes back to channels at the end. In NCDHW a channel's D*H*W values are
+// contiguous: one scale per plane. Float32 and bfloat16; the Python side
 // (videoconv/ops/squeeze_excitation.py) computes other dtypes, and other devices, with ATen.
 // Indices are 64-bit throughout.
 
@@ -108,7 +113,8 @@ void channel_mean_cl(const T* x, T* out, int64_t batch, int64_t channels, int64_
   for (int64_t n = 0; n < batch; n++) {
     for (int64_t c = 0; c < channels; c++) {
       float sum = 0.f;
-      for (int64_t chunk = 0; chunk < chunks; chunk++) sum += partial[(n * chunks + chunk) * channels + c];
+      for (int64_t chunk = 0; chunk < chunks; chunk++)
+        sum += partial[(n * chunks + chunk) * channels + c];
       out[n * channels + c] = static_cast<T>(sum * inv);
     }
   }
@@ -162,7 +168,8 @@ at::Tensor channel_mean_cpu(const at::Tensor& x) {
   AT_DISPATCH_SWITCH(x.scalar_type(), "_channel_mean_cpu",
     AT_DISPATCH_CASE(at::kFloat, [&] {
       if (is_channels_last(x)) {
-        channel_mean_cl<float>(x.data_ptr<float>(), out.data_ptr<float>(), batch, channels, positions);
+        channel_mean_cl<float>(x.data_ptr<float>(), out.data_ptr<float>(), batch, channels,
+                               positions);
       } else {
         channel_mean_planes<float>(x.data_ptr<float>(), out.data_ptr<float>(), batch * channels,
                                    positions);
@@ -182,8 +189,9 @@ at::Tensor channel_mean_cpu(const at::Tensor& x) {
 // ---------------------------------------------------------------------------------------------
 // scale and activation
 
-constexpr int64_t kScalePositions = 256;  // positions per work item (channels_last_3d; a multiple of 16)
-constexpr int64_t kScalePlane = 16384;    // values per work item (NCDHW)
+// Positions per work item in channels_last_3d (a multiple of 16), values per item in NCDHW.
+constexpr int64_t kScalePositions = 256;
+constexpr int64_t kScalePlane = 16384;
 
 // channels_last_3d, items i0 .. i1 - 1 (a sample's chunk of kScalePositions positions each, a
 // multiple of 16): blocks of 16 positions are C whole vectors (see channel_mean_cl_items), so
@@ -245,7 +253,8 @@ VIDEOCONV_ISA_CLONES void scale_act_planes_items(const T* x, const T* s, T* y, i
     const T* in = x + plane * positions;
     T* out = y + plane * positions;
     int64_t i = i_begin;
-    for (; i + kLanes <= i_end; i += kLanes) store16(activate(load16(in + i) * sc, activation), out + i);
+    for (; i + kLanes <= i_end; i += kLanes)
+      store16(activate(load16(in + i) * sc, activation), out + i);
     if (i < i_end) {
       store16_first(activate(load16_first(in + i, i_end - i) * sc, activation), out + i, i_end - i);
     }

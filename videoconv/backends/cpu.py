@@ -35,13 +35,13 @@ for why). Which layers qualify is :func:`_use_winograd`; ``VIDEOCONV_CPU_WINOGRA
 import) turns it off, e.g. to compare with oneDNN or to get oneDNN's rounding exactly.
 
 1x1x1 convolutions (X3D's and CSN's expansions and projections, the ResNet shortcuts) with at
-least 32 input channels, and the tiny ones above at any width, run through ``videoconv::_conv3d_pointwise_cpu``
-(csrc/cpu/conv3d_pointwise.cpp): one GEMM over the output positions with the same AVX512-BF16 /
-AVX-512 instructions as oneDNN's kernel and the epilogue on its accumulators, without oneDNN's
-~30-60 µs of per-call set-up, which is a third of such a layer's time inside X3D-S. The weight is
-packed once (:func:`_pointwise_weight`, cached). Which layers qualify is :func:`_use_pointwise`
-(on CPUs with AVX-512 and AVX512-BF16 only); ``VIDEOCONV_CPU_POINTWISE=0`` (read at import)
-turns it off.
+least 32 input channels, and the tiny ones above at any width, run through
+``videoconv::_conv3d_pointwise_cpu`` (csrc/cpu/conv3d_pointwise.cpp): one GEMM over the output
+positions with the same AVX512-BF16 / AVX-512 instructions as oneDNN's kernel and the epilogue on
+its accumulators, without oneDNN's ~30-60 µs of per-call set-up, which is a third of such a
+layer's time inside X3D-S. The weight is packed once (:func:`_pointwise_weight`, cached). Which
+layers qualify is :func:`_use_pointwise` (on CPUs with AVX-512 and AVX512-BF16 only);
+``VIDEOCONV_CPU_POINTWISE=0`` (read at import) turns it off.
 
 float32 and bfloat16 only (float16 convolutions fail on CPUs without AVX512-FP16/AMX-FP16; float64
 is the reference backend's job). The output has the input's memory format, as in every backend.
@@ -278,7 +278,9 @@ POINTWISE = os.environ.get("VIDEOCONV_CPU_POINTWISE", "1") != "0"
 #: * bfloat16: 1.10-1.24x on X3D-S's 1x1x1 convolutions with C_in >= 48 and R3D-18's 256 -> 512
 #:   shortcut, 0.97-1.01x on the 64/128-channel stride-2 shortcuts of R3D-18 at 8x56x56 and
 #:   8x28x28; 0.67x with C_in 24 (X3D-S's 24 -> 54 expansion on 13x80x80, a pass over 13 MB
-#:   with 12 dot-product steps per output vector, where oneDNN streams better). Hence C_in >= 32.
+#:   with 12 dot-product steps per output vector, where oneDNN streams better). Hence C_in >= 32,
+#:   except for the tiny convolutions of _is_small_gemm (Squeeze-and-Excitation on a pooled
+#:   map), where the kernel's ~3-5 µs call beats the small GEMM's 5-11 µs at any C_in.
 #: * float32: 1.04-1.13x up to ~1600 output positions (X3D-S stages 3-4, R3D-18 layers 3-4),
 #:   0.75-0.96x from ~3000 up (64 -> 128 stride 2 from 8x56x56, 48 -> 108 at 13x20x20), where
 #:   the float32 FMA rate, not the call, bounds both. Hence at most _POINTWISE_MAX_ROWS_F32
