@@ -4,6 +4,8 @@ values against float64, the op contract (opcheck, gradcheck), errors, and X3D fu
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -205,3 +207,33 @@ def test_fused_x3d_compiles_fullgraph():
     compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
     with torch.no_grad():
         assert_close_rel(compiled(x), model(x), 1e-4)
+
+
+class _SE(torch.nn.Module):
+    """An SE block with its Swish, written with the ops (as a fused graph computes it)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.reduce = torch.nn.Conv3d(c, 4, 1)
+        self.expand = torch.nn.Conv3d(4, c, 1)
+
+    def forward(self, x):
+        s = torch.sigmoid(self.expand(torch.relu(self.reduce(channel_mean(x)))))
+        return scale_act(x, s, "silu")
+
+
+def test_export():
+    block = _SE(12).eval()
+    x = torch.randn(2, 12, 3, 5, 5)
+    exported = torch.export.export(block, (x,))
+    targets = {n.target for n in exported.graph.nodes if n.op == "call_function"}
+    assert torch.ops.videoconv.channel_mean.default in targets
+    assert torch.ops.videoconv.scale_act.default in targets
+    x2 = torch.randn(2, 12, 3, 5, 5)
+    with torch.no_grad():
+        got = exported.module()(x2)
+        torch.testing.assert_close(got, block(x2), atol=0, rtol=0)
+        ref = copy.deepcopy(block).double()
+        expected = F.silu(x2.double() * torch.sigmoid(ref.expand(torch.relu(
+            ref.reduce(x2.double().mean((2, 3, 4), keepdim=True))))))
+    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=1e-5)
