@@ -100,7 +100,7 @@ def fused_channel_mean(input: Tensor) -> Tensor:
     (no autograd recording, tracing, compiling, mode or profiler) and the input is one the
     kernel takes; anything else (including bad input, for the operator's error) takes the op."""
     if (dispatcher_unobservable(input) and input.dim() == 5 and input.numel() > 0
-            and _cpu_kernel("_channel_mean_cpu", input)):
+            and _cpu_kernel(input)):
         return torch.ops.videoconv._channel_mean_cpu.default(input)
     return torch.ops.videoconv.channel_mean.default(input)
 
@@ -111,7 +111,7 @@ def fused_scale_act(input: Tensor, scale: Tensor, activation: str) -> Tensor:
     if (dispatcher_unobservable(input, scale) and input.dim() == 5 and input.numel() > 0
             and scale.dtype == input.dtype and scale.device == input.device
             and scale.shape == (input.shape[0], input.shape[1], 1, 1, 1)
-            and _cpu_kernel("_scale_act_cpu", input)):
+            and _cpu_kernel(input)):
         return torch.ops.videoconv._scale_act_cpu.default(input, scale, activation)
     return torch.ops.videoconv.scale_act.default(input, scale, activation)
 
@@ -120,8 +120,8 @@ def fused_scale_act(input: Tensor, scale: Tensor, activation: str) -> Tensor:
 # kernels
 
 
-def _cpu_kernel(name: str, input: Tensor) -> bool:
-    """Whether the C++ kernel ``name`` takes ``input``: see the module docstring."""
+def _cpu_kernel(input: Tensor) -> bool:
+    """Whether the C++ kernels take ``input``: see the module docstring."""
     return (input.device.type == "cpu" and input.dtype in (torch.float32, torch.bfloat16)
             and (input.is_contiguous() or input.is_contiguous(memory_format=torch.channels_last_3d))
             and backends.forced_backend() != "reference" and _has_kernels())
@@ -152,7 +152,7 @@ def _act(u: Tensor, activation: str) -> Tensor:
 @torch.library.register_kernel(_MEAN_OP, ("cpu", "cuda"))
 def _channel_mean_kernel(input):
     check_channel_mean(input)
-    if input.shape[0] > 0 and _cpu_kernel("_channel_mean_cpu", input):
+    if input.shape[0] > 0 and _cpu_kernel(input):
         return torch.ops.videoconv._channel_mean_cpu.default(input)
     out = input.to(opmath_dtype(input.dtype)).mean(_SPATIAL, keepdim=True)
     return out.to(input.dtype).contiguous()
@@ -168,7 +168,7 @@ def _channel_mean_fake(input):
 def _scale_act_kernel(input, scale, activation):
     check_scale_act(input, scale, activation)
     activation = canonical_activation(activation)
-    if input.shape[0] > 0 and _cpu_kernel("_scale_act_cpu", input):
+    if input.shape[0] > 0 and _cpu_kernel(input):
         return torch.ops.videoconv._scale_act_cpu.default(input, scale, activation)
     opmath = opmath_dtype(input.dtype)
     out = _act(input.to(opmath) * scale.to(opmath), activation).to(input.dtype)
