@@ -39,6 +39,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "activation.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -59,8 +61,6 @@ namespace {
 
 constexpr int64_t kLanes = 16;
 constexpr int64_t kBlockWidth = 4 * kLanes;  // output channels per column block: 4 vectors
-
-enum Activation : int { kIdentity = 0, kRelu = 1, kSilu = 2 };
 
 // Where the input rows are: position m of the output reads position (n, t*st, h*sh, w*sw).
 struct Geometry {
@@ -313,14 +313,6 @@ bool pointwise_supported() {
 #endif
 }
 
-int activation_code(c10::string_view activation) {
-  if (activation == "relu") return kRelu;
-  if (activation == "silu") return kSilu;
-  TORCH_CHECK(activation == "identity", "_conv3d_pointwise_cpu: unknown activation '",
-              std::string(activation), "'");
-  return kIdentity;
-}
-
 at::Tensor conv3d_pointwise_cpu(const at::Tensor& input, const at::Tensor& packed,
                                 const at::Tensor& shift, at::IntArrayRef stride,
                                 c10::string_view activation,
@@ -377,7 +369,7 @@ at::Tensor conv3d_pointwise_cpu(const at::Tensor& input, const at::Tensor& packe
                 "channels_last_3d)");
   }
   if (y.numel() == 0) return y;
-  const int act = activation_code(activation);
+  const int act = activation_code(activation, "_conv3d_pointwise_cpu");
 #if VIDEOCONV_POINTWISE_X86
   // The epilogue loads shift 16 lanes at a time (masked): no padding needed.
   if (bf16) {

@@ -41,6 +41,8 @@
 #include <ATen/native/CPUBlas.h>
 #include <torch/library.h>
 
+#include "activation.h"
+
 #include "vec16.h"
 
 #include <algorithm>
@@ -55,8 +57,6 @@ namespace {
 using namespace vec16;
 
 constexpr int64_t kTileBlock = 32;  // output tiles per GEMM block (see the L2 note above)
-
-enum Activation : int { kIdentity = 0, kRelu = 1, kSilu = 2 };
 
 // B^T (6x6) of the input transform: o = B^T d for six vectors.
 inline void input_transform6(const vf16* d, vf16* o) {
@@ -237,14 +237,6 @@ void conv3d_winograd_kernel(const T* x, const float* U, const float* shift, cons
   at::native::cpublas::brgemm_release(/*is_vnni=*/false);
 }
 
-int activation_code(c10::string_view activation) {
-  if (activation == "relu") return kRelu;
-  if (activation == "silu") return kSilu;
-  TORCH_CHECK(activation == "identity", "_conv3d_winograd_cpu: unknown activation '",
-              std::string(activation), "'");
-  return kIdentity;
-}
-
 at::Tensor conv3d_winograd_cpu(const at::Tensor& input, const at::Tensor& U,
                                const at::Tensor& shift, at::IntArrayRef padding,
                                c10::string_view activation,
@@ -295,7 +287,7 @@ at::Tensor conv3d_winograd_cpu(const at::Tensor& input, const at::Tensor& U,
                 "channels_last_3d)");
   }
   if (y.numel() == 0) return y;
-  const int act = activation_code(activation);
+  const int act = activation_code(activation, "_conv3d_winograd_cpu");
   // The output transform loads shift 16 lanes at a time, the last group included.
   const at::Tensor shift_padded =
       g.co_pad == g.co ? shift : at::constant_pad_nd(shift, {0, g.co_pad - g.co});

@@ -28,6 +28,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "activation.h"
+
 #include "vec16.h"
 
 #include <algorithm>
@@ -39,16 +41,6 @@ namespace videoconv {
 namespace {
 
 using namespace vec16;
-
-enum Activation : int { kIdentity = 0, kRelu = 1, kSilu = 2 };
-
-int activation_code(c10::string_view activation) {
-  if (activation == "relu") return kRelu;
-  if (activation == "silu") return kSilu;
-  TORCH_CHECK(activation == "identity", "_scale_act_cpu: unknown activation '",
-              std::string(activation), "'");
-  return kIdentity;
-}
 
 __attribute__((always_inline)) inline vf16 activate(vf16 u, int activation) {
   if (activation == kRelu) return u > 0.f ? u : 0.f;
@@ -272,7 +264,7 @@ void scale_act_planes(const T* x, const T* s, T* y, int64_t planes, int64_t posi
 
 at::Tensor scale_act_cpu(const at::Tensor& x, const at::Tensor& s, c10::string_view activation) {
   check_input(x, "_scale_act_cpu");
-  const int act = activation_code(activation);
+  const int act = activation_code(activation, "_scale_act_cpu");
   const int64_t batch = x.size(0), channels = x.size(1);
   TORCH_CHECK(s.dim() == 5 && s.size(0) == batch && s.size(1) == channels && s.size(2) == 1 &&
                   s.size(3) == 1 && s.size(4) == 1,
