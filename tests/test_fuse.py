@@ -381,3 +381,18 @@ def test_fused_model_traces_with_torch_fx(name):
     x = torch.randn(1, 3, 4, 32, 32)
     with torch.no_grad():
         assert_close_rel(traced(x), model(x), 1e-4)
+
+
+@pytest.mark.parametrize("name", ["r3d_18", "x3d_s"])
+def test_fused_model_saves_whole(name, tmp_path):
+    """``torch.save`` of a fused model (its blocks are fx GraphModules) and ``torch.load`` give
+    a model that computes the same."""
+    model = randomise_batch_norm(models.get_model(name, num_classes=5), seed=12).eval()
+    fused = videoconv.fuse(model)
+    path = tmp_path / "fused.pt"
+    torch.save(fused, path)
+    loaded = torch.load(path, weights_only=False)
+    x = torch.randn(1, 3, 4, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), fused(x))
+        assert_close_rel(loaded(x), model(x), 1e-4)

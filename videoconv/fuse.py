@@ -595,6 +595,11 @@ class _Fuser:
             for n in reversed(chain.nodes):
                 graph.erase_node(n)
         self._rewrite_squeeze_excitation(module, graph, prefix)
+        # The traced forward's annotations (``x: torch.Tensor``) become a string global in the
+        # code this torch's fx generates, which GraphModule's pickling cannot import: dropped,
+        # so that a fused model can be saved whole with torch.save (they change nothing else).
+        for n in graph.nodes:
+            n.type = None
         graph.lint()
         name = type(module).__name__
         gm = fx.GraphModule(module, graph, class_name=name if name.endswith("Fused") else name + "Fused")
