@@ -9,8 +9,8 @@
   output (training-mode BatchNorm), and :func:`conv3d_bn_act_train`, the whole training-mode
   Conv3d -> BatchNorm3d [+ residual] -> activation built on it
 
-Each convolution op has a cpu/cuda kernel that picks a backend (:mod:`videoconv.backends`), a fake kernel
-(same size and memory format as the real one) and an autograd formula.
+Each convolution op has a cpu/cuda kernel that picks a backend (:mod:`videoconv.backends`), a
+fake kernel (same size and memory format as the real one) and an autograd formula.
 """
 
 from .schemas import SCHEMAS, declare_schemas
