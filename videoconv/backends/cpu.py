@@ -461,23 +461,19 @@ def _prepare(weight, scale, shift, stride, padding, dilation, groups, activation
     if route == "onednn" and _is_small_gemm(key):  # the cache holds a float32 matrix then
         return _prepare_small_gemm(packed, bias, activation, input_size, weight.dtype, final)
 
-    if route == "pointwise":
-        kernel = torch.ops.videoconv._conv3d_pointwise_cpu.default
+    if route in ("pointwise", "winograd"):
+        # videoconv's own kernels: the packed weight, a float32 shift and the one convolution
+        # argument each takes (the 1x1x1 kernel's stride, Winograd's padding), channels_last_3d
+        if route == "pointwise":
+            kernel, geometry = torch.ops.videoconv._conv3d_pointwise_cpu.default, stride
+        else:
+            kernel, geometry = torch.ops.videoconv._conv3d_winograd_cpu.default, padding
 
-        def conv_pointwise(x, residual):
+        def conv_kernel(x, residual):
             if residual is not None:
                 residual = residual.contiguous(memory_format=torch.channels_last_3d)
-            return finish(kernel(x, packed, bias, stride, activation, residual))
-        return conv_pointwise
-
-    if route == "winograd":
-        kernel = torch.ops.videoconv._conv3d_winograd_cpu.default
-
-        def conv_winograd(x, residual):
-            if residual is not None:
-                residual = residual.contiguous(memory_format=torch.channels_last_3d)
-            return finish(kernel(x, packed, bias, padding, activation, residual))
-        return conv_winograd
+            return finish(kernel(x, packed, bias, geometry, activation, residual))
+        return conv_kernel
 
     unary = _ONEDNN_ACT[activation]
 
