@@ -96,7 +96,8 @@ def main() -> None:
         conv = module.conv
         key = ((conv.weight.dtype, conv.weight.device, torch.channels_last_3d,
                 tuple(conv.weight.shape)), (1, 1, 1), (1, 1, 1), (1, 1, 1), c, tuple(x.shape))
-        packed, bias = cpu.pack_cache.get(conv.weight, scale, shift, key)
+        # The route is part of the pack cache's key: a depthwise conv always runs on oneDNN.
+        packed, bias = cpu.pack_cache.get(conv.weight, scale, shift, (key, "onednn"))
         try:
             results["bare oneDNN call"] = _best_us(lambda: torch.ops.mkldnn._convolution_pointwise(
                 x, packed, bias, [1] * 3, [1] * 3, [1] * 3, c, "relu", [], ""))

@@ -296,3 +296,99 @@ def test_strided_view_input_keeps_its_layout(backend):
     expected = torch.relu(torch.nn.functional.conv3d(x.double(), w.double(), padding=1)
                           * scale.double().view(1, -1, 1, 1, 1) + shift.double().view(1, -1, 1, 1, 1))
     torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture
+def _onednn_without_bfloat16(monkeypatch):
+    """The cpu backend as on a CPU where oneDNN has no bfloat16 convolution (AVX2 only, e.g. AMD
+    Zen 3): the oneDNN route computes bfloat16 in float32, and Winograd takes float32's limits."""
+    monkeypatch.setattr(cpu_backend, "_onednn_bf16_native", False)
+    cpu_backend.pack_cache.clear()
+    yield
+    cpu_backend.pack_cache.clear()
+
+
+def _routes():
+    return {entry.key[1] for _, entry in cpu_backend.pack_cache._entries.values()}
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("case", CONV_CASES, ids=[c[0] for c in CONV_CASES])
+def test_bfloat16_without_onednn_support_matches_float64(case, layout, with_residual, act,
+                                                         _onednn_without_bfloat16):
+    """bfloat16 where oneDNN cannot run it: float32 products, one rounding, the input's layout;
+    no bfloat16 tensor ever reaches oneDNN (which would raise 'bf16 path needs the cpu support
+    ...' there)."""
+    dtype = torch.bfloat16
+    x, w, scale, shift, stride, padding, dilation, groups, residual, out = _conv_case(
+        case, dtype, layout, with_residual
+    )
+    with backends.use("cpu"):
+        y = conv3d_bn_act(x, w, scale, shift, stride, padding, dilation, groups, act, residual)
+    expected = oracle_conv3d_bn_act(x, w, scale, shift, stride, padding, dilation, groups, act, residual)
+    assert list(y.shape) == out and y.dtype == dtype
+    _check_layout(y, x)
+    atol, rtol = _TOL[dtype]
+    torch.testing.assert_close(y.double(), expected, atol=atol, rtol=rtol)
+    assert "onednn" not in _routes()  # never a bfloat16 weight packed for oneDNN
+
+
+def test_bfloat16_without_onednn_support_widens_exactly(_onednn_without_bfloat16):
+    """The widened route is the float32 computation on the bfloat16-rounded folded weight,
+    rounded once: bit-equal to doing that by hand through the same oneDNN call."""
+    g = torch.Generator().manual_seed(3)
+    cl = torch.channels_last_3d
+    x = torch.randn(2, 24, 5, 9, 9, generator=g).to(torch.bfloat16).contiguous(memory_format=cl)
+    w = (torch.randn(24, 1, 3, 3, 3, generator=g) * 0.2).to(torch.bfloat16)  # depthwise
+    scale = (torch.rand(24, generator=g) + 0.5).to(torch.bfloat16)
+    shift = torch.randn(24, generator=g).to(torch.bfloat16)
+    res = torch.randn(2, 24, 5, 9, 9, generator=g).to(torch.bfloat16).contiguous(memory_format=cl)
+    with backends.use("cpu"):
+        y = conv3d_bn_act(x, w, scale, shift, padding=(1, 1, 1), groups=24, activation="relu",
+                          residual=res)
+    assert _routes() == {"onednn-f32"}
+    folded = (w.double() * scale.double().view(-1, 1, 1, 1, 1)).to(torch.bfloat16).float()
+    z = torch.nn.functional.conv3d(x.float(), folded, shift.float(), padding=1, groups=24)
+    by_hand = torch.relu(z + res.float()).to(torch.bfloat16)
+    torch.testing.assert_close(y.float(), by_hand.float(), atol=1e-6, rtol=8e-3)  # 1 bf16 ulp
+    assert (y != by_hand).float().mean() < 0.01  # the same values but for summation order
+
+
+def test_bfloat16_winograd_takes_float32_limits_without_onednn_support(monkeypatch):
+    """With native bfloat16, small-channel layers stay on oneDNN (its bfloat16 rate wins);
+    without it oneDNN runs at the float32 rate and the Winograd kernel's float32 limits apply."""
+    key = ((torch.bfloat16, torch.device("cpu"), torch.channels_last_3d, (48, 32, 1, 3, 3)),
+           (1, 1, 1), (0, 1, 1), (1, 1, 1), 1, (1, 32, 4, 8, 8))
+    if not cpu_backend._has_winograd_kernel():
+        pytest.skip("the videoconv._C extension is not loaded")
+    monkeypatch.setattr(cpu_backend, "WINOGRAD", True)
+    monkeypatch.setattr(cpu_backend, "_onednn_bf16_native", True)
+    assert not cpu_backend._use_winograd(key)
+    monkeypatch.setattr(cpu_backend, "_onednn_bf16_native", False)
+    assert cpu_backend._use_winograd(key)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_bfloat16_statistics_without_onednn_support(layout, _onednn_without_bfloat16):
+    """Training-mode BatchNorm's conv + statistics in bfloat16 where oneDNN cannot: z is the
+    float32 convolution rounded once to bfloat16, the statistics are z's."""
+    from videoconv.ops import conv3d_bn_stats
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 16, 4, 8, 8, generator=g).to(torch.bfloat16)
+    x = x.contiguous(memory_format=LAYOUTS[layout])
+    w = (torch.randn(32, 16, 3, 3, 3, generator=g) * 0.1).to(torch.bfloat16)
+    with backends.use("cpu"):
+        z, mean, var = conv3d_bn_stats(x, w, stride=(1, 1, 1), padding=(1, 1, 1),
+                                       dilation=(1, 1, 1), groups=1)
+    expected = torch.nn.functional.conv3d(x.double(), w.double(), padding=1)
+    assert z.dtype == torch.bfloat16
+    _check_layout(z, x)
+    torch.testing.assert_close(z.double(), expected, atol=_TOL[torch.bfloat16][0],
+                               rtol=_TOL[torch.bfloat16][1])
+    zd = z.double()
+    torch.testing.assert_close(mean.double(), zd.mean((0, 2, 3, 4)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(var.double(), zd.var((0, 2, 3, 4), unbiased=False), atol=1e-5,
+                               rtol=1e-5)

@@ -228,3 +228,20 @@ def test_all_means_the_five_models_of_the_suite():
     assert _names("all", "models") == FULL_MODELS == ("r3d_18", "r2plus1d_18", "x3d_m", "slowfast_r50", "c3d")
     assert _names("none", "layers") == ()
     assert _names(None, "layers") is None
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["bf16-native", "bf16-emulated"])
+def test_default_cpu_workload_leaves_out_emulated_bfloat16(native, monkeypatch):
+    """Where oneDNN has no bfloat16 convolution, eager bfloat16 runs ATen's reference loops
+    (minutes per model): the default run is float32 only and says why; otherwise both."""
+    from videoconv.bench import suite
+
+    monkeypatch.setattr(suite, "onednn_bf16", lambda: native)
+    defaults = suite.default_workloads(torch.device("cpu"))
+    assert defaults["models"] == ("r2plus1d_18", "r3d_18", "x3d_s")
+    if native:
+        assert defaults["dtypes"] == ("float32", "bfloat16") and defaults["note"] is None
+    else:
+        assert defaults["dtypes"] == ("float32",)
+        assert "oneDNN has no bfloat16 convolution" in defaults["note"]
+        assert "--dtype float32,bfloat16" in defaults["note"]

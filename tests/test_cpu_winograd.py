@@ -155,6 +155,9 @@ def test_conv2plus1d_unit_uses_it_for_the_spatial_conv(dtype):
 def test_which_layers_take_it(monkeypatch):
     monkeypatch.setattr(cpu_backend, "_WINOGRAD_MIN_TILES_BF16", 128)
     monkeypatch.setattr(cpu_backend, "_WINOGRAD_MIN_CHANNELS_BF16", 64)
+    # bfloat16's own limits hold where oneDNN runs it natively (elsewhere it gets float32's:
+    # test_backend_cpu.py::test_bfloat16_winograd_takes_float32_limits_without_onednn_support)
+    monkeypatch.setattr(cpu_backend, "_onednn_bf16_native", True)
     f32, bf16 = torch.float32, torch.bfloat16
 
     def use(dtype, c_in, c_out, size, kernel=(1, 3, 3), padding=(0, 1, 1), n=1, **kw):

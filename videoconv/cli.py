@@ -113,6 +113,12 @@ def _bench(args: argparse.Namespace) -> int:
     layers, models = _names(args.layers, "layers"), _names(args.models, "models")
     if layers is None and models is None:  # nothing chosen: the default workload
         layers, models = defaults["layers"], defaults["models"]
+    dtypes = args.dtype.split(",") if args.dtype else defaults["dtypes"]
+    if defaults.get("note") and not args.dtype:
+        if args.smoke:  # tiny clips: bfloat16 is cheap even in ATen's reference loops
+            dtypes = ("float32", "bfloat16")
+        else:
+            print(f"note: {defaults['note']}", file=sys.stderr)
     layers, models = layers or (), models or ()
     max_layers = args.max_layers
     if args.smoke:  # seconds: a few layers of one model and one forward prove the whole path
@@ -120,7 +126,7 @@ def _bench(args: argparse.Namespace) -> int:
         max_layers = max_layers or 3
     result = suite.run_benchmark(
         layers=layers, models=models,
-        dtypes=args.dtype.split(",") if args.dtype else defaults["dtypes"],
+        dtypes=dtypes,
         modes=args.mode.split(","),
         providers=args.providers.split(",") if args.providers else None,
         batch=args.batch, device=device, smoke=args.smoke, min_run_time=args.min_run_time,

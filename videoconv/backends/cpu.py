@@ -45,6 +45,17 @@ layers qualify is :func:`_use_pointwise` (on CPUs with AVX-512 and AVX512-BF16 o
 
 float32 and bfloat16 only (float16 convolutions fail on CPUs without AVX512-FP16/AMX-FP16; float64
 is the reference backend's job). The output has the input's memory format, as in every backend.
+
+bfloat16 on CPUs where oneDNN has no bfloat16 convolution (it needs AVX512-BW/VL/DQ or
+AVX-NE-CONVERT; e.g. AMD Zen 3 and older, most AVX2-only CPUs): ``_convolution_pointwise``
+and ``_reorder_convolution_weight`` refuse bfloat16 there, and eager's own bfloat16 convolution
+falls back to ATen's slow reference loops (10-20x slower than float32 on the same CPU). The
+oneDNN route then computes in float32 (:func:`_onednn_bf16`): the folded weight is rounded once
+to bfloat16, as the bfloat16 path rounds it, and held as float32; the input and residual are
+widened exactly; the epilogue runs on float32 accumulators and the result is rounded once to
+bfloat16. That is the bfloat16 path's arithmetic without its intermediate rounding of the
+accumulator, so it is at least as accurate. The Winograd kernel computes in float32 anyway, so
+there it gets float32's size limits.
 """
 
 from __future__ import annotations
@@ -75,6 +86,29 @@ def _mkldnn_ops_reason() -> Optional[str]:
         return ("torch.ops.mkldnn._convolution_pointwise / _reorder_convolution_weight are not "
                 "available in this torch build")
     return None
+
+
+# Asked on every call; the CPU does not change within a process.
+_onednn_bf16_native: Optional[bool] = None
+
+
+def _onednn_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 convolutions on this CPU (``mkldnn_bf16_device_check``:
+    AVX512-BW/VL/DQ or AVX-NE-CONVERT). Where it does not, the oneDNN route computes bfloat16
+    convolutions in float32 (see the module docstring)."""
+    global _onednn_bf16_native
+    if _onednn_bf16_native is None:
+        try:
+            _onednn_bf16_native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            _onednn_bf16_native = False
+    return _onednn_bf16_native
+
+
+def _widened(dtype: torch.dtype) -> bool:
+    """Whether oneDNN convolutions of ``dtype`` run in float32 here (bfloat16 without native
+    oneDNN support)."""
+    return dtype == torch.bfloat16 and not _onednn_bf16()
 
 
 class _Entry:
@@ -262,7 +296,8 @@ def _use_winograd(key) -> bool:
     if 4 * 36 * taps * c_in * _winograd_padded(c_out) > _WINOGRAD_MAX_WEIGHT_BYTES:
         return False
     tiles = _winograd_tiles(key)
-    if dtype == torch.float32:
+    if dtype == torch.float32 or _widened(dtype):
+        # Without native bfloat16, oneDNN's alternative runs at the float32 rate too.
         return tiles > 0
     return (dtype == torch.bfloat16 and tiles >= _WINOGRAD_MIN_TILES_BF16
             and min(c_in, c_out) >= _WINOGRAD_MIN_CHANNELS_BF16)
@@ -369,9 +404,10 @@ def _winograd_weight(folded: torch.Tensor) -> torch.Tensor:
 
 
 def _pack(weight, scale, shift, cache_key):
-    # cache_key = (key, route): the route ("winograd", "pointwise" or "onednn") is part of what
-    # the cache compares, so that a weight packed for one kernel is never handed to another
-    # after WINOGRAD, POINTWISE or a limit is changed at run time.
+    # cache_key = (key, route): the route ("winograd", "pointwise", "onednn" or "onednn-f32",
+    # oneDNN computing a bfloat16 convolution in float32) is part of what the cache compares,
+    # so that a weight packed for one kernel is never handed to another after WINOGRAD,
+    # POINTWISE or a limit is changed at run time.
     key, route = cache_key
     _, stride, padding, dilation, groups, input_size = key
     dtype = weight.dtype
@@ -386,7 +422,10 @@ def _pack(weight, scale, shift, cache_key):
             return _winograd_weight(w), shift.detach().float().contiguous()
         if route == "pointwise":  # the packed weight in the dtype and a float32 shift
             return _pointwise_weight(w, dtype), shift.detach().float().contiguous()
-        w = w.to(dtype).contiguous(memory_format=torch.channels_last_3d)
+        w = w.to(dtype)
+        if route == "onednn-f32":  # rounded to bfloat16 as above, computed in float32
+            w, bias = w.float(), shift.detach().float().contiguous()
+        w = w.contiguous(memory_format=torch.channels_last_3d)
         packed = torch.ops.mkldnn._reorder_convolution_weight(
             w, list(padding), list(stride), list(dilation), groups, list(input_size))
     return packed, bias
@@ -450,6 +489,7 @@ def _prepare(weight, scale, shift, stride, padding, dilation, groups, activation
     key = ((weight.dtype, weight.device, fmt, tuple(weight.shape)), tuple(stride), tuple(padding),
            tuple(dilation), groups, tuple(input_size))
     route = ("winograd" if _use_winograd(key) else "pointwise" if _use_pointwise(key)
+             else "onednn-f32" if _widened(weight.dtype) and not _is_small_gemm(key)
              else "onednn")
     packed, bias = pack_cache.get(weight, scale, shift, (key, route))
     final = fmt if out_format is None else out_format
@@ -476,6 +516,21 @@ def _prepare(weight, scale, shift, stride, padding, dilation, groups, activation
         return conv_kernel
 
     unary = _ONEDNN_ACT[activation]
+
+    if route == "onednn-f32":
+        dtype = weight.dtype
+
+        def conv_widened(x, residual):
+            # Exact widening in, one rounding out; oneDNN keeps the input's layout.
+            x = x.float()
+            if residual is not None:
+                y = _binary(mk, x, residual.float(), packed, bias, padding, stride, dilation,
+                            groups, activation)
+            else:
+                y = mk._convolution_pointwise(x, packed, bias, padding, stride, dilation, groups,
+                                              unary, [], "")
+            return finish(y.to(dtype))
+        return conv_widened
 
     def conv(x, residual):
         if residual is not None:
@@ -577,9 +632,12 @@ class CpuBackend(Backend):
         # plain weight internally, as eager's convolution does.
         fmt = output_memory_format(input)
         x = input.contiguous(memory_format=fmt)
+        w = weight
+        if _widened(x.dtype):  # float32 products, rounded once to bfloat16 as eager stores z
+            x, w = x.float(), weight.float()
         z = torch.ops.mkldnn._convolution_pointwise(
-            x, weight, None, list(padding), list(stride), list(dilation), groups, "none", [], "")
-        z = z.contiguous(memory_format=fmt)
+            x, w, None, list(padding), list(stride), list(dilation), groups, "none", [], "")
+        z = z.to(input.dtype).contiguous(memory_format=fmt)
         mean, var = torch.ops.videoconv._channel_stats_cpu(z)
         return z, mean, var
 

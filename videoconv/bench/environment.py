@@ -11,7 +11,7 @@ from typing import Dict, Optional
 
 import torch
 
-__all__ = ["environment", "cpu_name", "git_revision", "device_name"]
+__all__ = ["environment", "cpu_name", "git_revision", "device_name", "onednn_bf16"]
 
 
 def cpu_name() -> str:
@@ -23,6 +23,14 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def onednn_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 convolutions natively on this CPU."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def device_name(device: torch.device) -> str:
@@ -78,6 +86,9 @@ def environment(device: torch.device) -> Dict[str, object]:
         "git_revision": git_revision(),
         "command": _command(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        # Whether oneDNN has bfloat16 convolutions on this CPU (AVX512-BW/VL/DQ or
+        # AVX-NE-CONVERT); without them eager bfloat16 runs ATen's reference loops.
+        "onednn_bf16": onednn_bf16(),
     }
     if device.type == "cuda":
         env["cuda"] = torch.version.cuda

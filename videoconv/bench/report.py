@@ -56,6 +56,10 @@ def _header(result) -> List[str]:
         f"command: `{env['command']}`",
         "",
     ]
+    if env.get("device_type") == "cpu" and env.get("onednn_bf16") is False:
+        lines += [f"CPU capability {env.get('cpu_capability')}: oneDNN has no bfloat16 "
+                  "convolution here (eager bfloat16 runs ATen's reference loops; videoconv's "
+                  "cpu backend computes bfloat16 in float32)", ""]
     if env.get("host_allocator"):
         lines += [f"host allocator: {env['host_allocator']} (see bench/timing.py: "
                   "pin_host_allocator)", ""]

@@ -24,7 +24,7 @@ import torch
 
 from .. import models as zoo
 from . import providers as prov
-from .environment import environment
+from .environment import environment, onednn_bf16
 from . import timing
 from .timing import peak_memory_bytes, time_callable
 
@@ -43,11 +43,23 @@ def default_workloads(device: torch.device) -> Dict[str, object]:
     CPU (2 cores here): the distinct layers of r3d_18 and r2plus1d_18 (33 workloads) and the
     whole r2plus1d_18, r3d_18 and x3d_s, in float32 and bfloat16, forward. On a GPU everything
     is ~100x faster, so the full set: the layers and models of :data:`FULL_MODELS`, bfloat16 and
-    float16 (float32 convs are TF32 there, see ``videoconv.analysis.roofline.math_dtype``)."""
+    float16 (float32 convs are TF32 there, see ``videoconv.analysis.roofline.math_dtype``).
+
+    On a CPU where oneDNN has no bfloat16 convolution (AVX2 only, e.g. AMD Zen 3), float32 only,
+    with a ``note`` saying so: eager bfloat16 runs ATen's reference loops there (one r3d_18
+    forward: minutes), which would stretch the run to hours and measure only that. ``--dtype
+    float32,bfloat16`` runs it anyway."""
     if device.type == "cuda":
         return dict(layers=FULL_MODELS, models=FULL_MODELS, dtypes=("bfloat16", "float16", "float32"))
-    return dict(layers=("r3d_18", "r2plus1d_18"), models=("r2plus1d_18", "r3d_18", "x3d_s"),
-                dtypes=("float32", "bfloat16"))
+    cpu = dict(layers=("r3d_18", "r2plus1d_18"), models=("r2plus1d_18", "r3d_18", "x3d_s"),
+               dtypes=("float32", "bfloat16"), note=None)
+    if not onednn_bf16():
+        cpu.update(dtypes=("float32",), note=(
+            "bfloat16 left out of the default run: oneDNN has no bfloat16 convolution on this "
+            f"CPU ({torch.backends.cpu.get_cpu_capability()}; it needs AVX512-BW/VL/DQ or "
+            "AVX-NE-CONVERT), so eager bfloat16 runs ATen's reference loops, minutes per "
+            "model; --dtype float32,bfloat16 runs it anyway"))
+    return cpu
 
 
 @dataclasses.dataclass
