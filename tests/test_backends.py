@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -166,6 +167,22 @@ def test_environment_variable_forces_a_backend(monkeypatch, registered):
     with backends.use("reference"):
         conv3d_bn_act(x, w, s, b)
     assert CpuConvOnly.calls == ["conv3d_bn_act"]
+
+
+def test_environment_variable_is_read_on_every_call():
+    """Set, changed and removed at run time through os.environ (forced_backend's fast path
+    reads CPython's encoded environment dict)."""
+    assert "VIDEOCONV_BACKEND" not in os.environ and backends.forced_backend() is None
+    try:
+        os.environ["VIDEOCONV_BACKEND"] = " reference "
+        assert backends.forced_backend() == "reference"
+        os.environ["VIDEOCONV_BACKEND"] = ""
+        assert backends.forced_backend() is None
+        os.environ["VIDEOCONV_BACKEND"] = "reference"
+        del os.environ["VIDEOCONV_BACKEND"]
+        assert backends.forced_backend() is None
+    finally:
+        os.environ.pop("VIDEOCONV_BACKEND", None)
 
 
 def test_environment_variable_unknown_backend(monkeypatch):

@@ -218,6 +218,18 @@ class ReferenceBackend(Backend):
 PRIORITY: List[Type[Backend]] = [ReferenceBackend]
 
 _ENV_VAR = "VIDEOCONV_BACKEND"
+# forced_backend() runs on every eval call of every fused module (their prepared calls' guard),
+# where os.environ.get's encoding of the key and the value is a visible cost. CPython's
+# os.environ keeps the encoded environment in a plain dict (``_data``, updated by every
+# os.environ write and by monkeypatch.setenv), so a missing variable is one dict lookup; other
+# implementations take os.environ.get.
+_ENVIRON_DATA = getattr(os.environ, "_data", None)
+try:
+    _ENV_KEY = os.environ.encodekey(_ENV_VAR)
+except AttributeError:
+    _ENVIRON_DATA = None
+if not isinstance(_ENVIRON_DATA, dict):
+    _ENVIRON_DATA = None
 
 
 class _ForcedStack(threading.local):
@@ -271,6 +283,8 @@ def forced_backend() -> Optional[str]:
     stack = _local.stack
     if stack:
         return stack[-1]
+    if _ENVIRON_DATA is not None and _ENV_KEY not in _ENVIRON_DATA:
+        return None  # the common case, without os.environ.get's key encoding (~0.5 µs)
     name = os.environ.get(_ENV_VAR, "").strip()
     if name:
         get_backend(name)  # an unknown name in the environment is an error, not ignored
