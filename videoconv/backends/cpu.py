@@ -50,7 +50,7 @@ bfloat16 on CPUs where oneDNN has no bfloat16 convolution (it needs AVX512-BW/VL
 AVX-NE-CONVERT; e.g. AMD Zen 3 and older, most AVX2-only CPUs): ``_convolution_pointwise``
 and ``_reorder_convolution_weight`` refuse bfloat16 there, and eager's own bfloat16 convolution
 falls back to ATen's slow reference loops (10-20x slower than float32 on the same CPU). The
-oneDNN route then computes in float32 (:func:`_onednn_bf16`): the folded weight is rounded once
+oneDNN route then computes in float32 (:func:`onednn_bf16_supported`): the folded weight is rounded once
 to bfloat16, as the bfloat16 path rounds it, and held as float32; the input and residual are
 widened exactly; the epilogue runs on float32 accumulators and the result is rounded once to
 bfloat16. That is the bfloat16 path's arithmetic without its intermediate rounding of the
@@ -92,7 +92,7 @@ def _mkldnn_ops_reason() -> Optional[str]:
 _onednn_bf16_native: Optional[bool] = None
 
 
-def _onednn_bf16() -> bool:
+def onednn_bf16_supported() -> bool:
     """Whether oneDNN runs bfloat16 convolutions on this CPU (``mkldnn_bf16_device_check``:
     AVX512-BW/VL/DQ or AVX-NE-CONVERT). Where it does not, the oneDNN route computes bfloat16
     convolutions in float32 (see the module docstring)."""
@@ -108,7 +108,7 @@ def _onednn_bf16() -> bool:
 def _widened(dtype: torch.dtype) -> bool:
     """Whether oneDNN convolutions of ``dtype`` run in float32 here (bfloat16 without native
     oneDNN support)."""
-    return dtype == torch.bfloat16 and not _onednn_bf16()
+    return dtype == torch.bfloat16 and not onednn_bf16_supported()
 
 
 class _Entry:

@@ -11,6 +11,8 @@ from typing import Dict, Optional
 
 import torch
 
+from ..backends.cpu import onednn_bf16_supported as onednn_bf16
+
 __all__ = ["environment", "cpu_name", "git_revision", "device_name", "onednn_bf16"]
 
 
@@ -23,14 +25,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def onednn_bf16() -> bool:
-    """Whether oneDNN runs bfloat16 convolutions natively on this CPU."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def device_name(device: torch.device) -> str:
