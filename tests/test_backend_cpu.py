@@ -47,6 +47,10 @@ def _no_forced_backend(monkeypatch):
 @pytest.mark.parametrize("dtype", CPU_DTYPES, ids=_ids)
 @pytest.mark.parametrize("case", CONV_CASES, ids=[c[0] for c in CONV_CASES])
 def test_conv3d_bn_act_matches_float64(case, dtype, layout, with_residual, act):
+    _check_conv_case_on_cpu(case, dtype, layout, with_residual, act)
+
+
+def _check_conv_case_on_cpu(case, dtype, layout, with_residual, act):
     x, w, scale, shift, stride, padding, dilation, groups, residual, out = _conv_case(
         case, dtype, layout, with_residual
     )
@@ -321,17 +325,7 @@ def test_bfloat16_without_onednn_support_matches_float64(case, layout, with_resi
     """bfloat16 where oneDNN cannot run it: float32 products, one rounding, the input's layout;
     no bfloat16 tensor ever reaches oneDNN (which would raise 'bf16 path needs the cpu support
     ...' there)."""
-    dtype = torch.bfloat16
-    x, w, scale, shift, stride, padding, dilation, groups, residual, out = _conv_case(
-        case, dtype, layout, with_residual
-    )
-    with backends.use("cpu"):
-        y = conv3d_bn_act(x, w, scale, shift, stride, padding, dilation, groups, act, residual)
-    expected = oracle_conv3d_bn_act(x, w, scale, shift, stride, padding, dilation, groups, act, residual)
-    assert list(y.shape) == out and y.dtype == dtype
-    _check_layout(y, x)
-    atol, rtol = _TOL[dtype]
-    torch.testing.assert_close(y.double(), expected, atol=atol, rtol=rtol)
+    _check_conv_case_on_cpu(case, torch.bfloat16, layout, with_residual, act)
     assert "onednn" not in _routes()  # never a bfloat16 weight packed for oneDNN
 
 
