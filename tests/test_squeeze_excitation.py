@@ -74,6 +74,52 @@ def test_scale_act_matches_float64(shape, dtype, fmt, act):
         assert torch.equal(y, torch.ops.videoconv._scale_act_cpu(x, s, act))
 
 
+@pytest.fixture
+def vector_lanes():
+    """Force the kernels' vector width (csrc/cpu/vec16.h: 16 float lanes per register on AVX-512
+    CPUs, 8 elsewhere) for one test; the CPU's choice is restored after it."""
+    if not se_ops._has_kernels():
+        pytest.skip("the C++ kernels are not built")
+    set_lanes = torch.ops.videoconv._cpu_vector_lanes
+    previous = set_lanes(0)
+    yield set_lanes
+    set_lanes(previous)
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, CL], ids=["ncdhw", "cl"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=_ids)
+@pytest.mark.parametrize("shape", ["c54", "c16_batch2", "few_positions"])
+def test_scale_act_both_vector_widths(vector_lanes, shape, dtype, fmt, act):
+    """The 8- and 16-lane loops give the same bits, equal to float64 within tolerance, on any CPU,
+    also for NaN of either sign (kept, as torch.relu keeps it), infinities and values beyond exp's
+    float32 range (|x * s| up to 300)."""
+    x = _x(SHAPES[shape], torch.float64, torch.contiguous_format)
+    flat = x.view(-1)
+    flat[::7] *= 200.0
+    flat[1::11] = float("nan")
+    flat[2::11] = -float("nan")
+    flat[3::13] = float("inf")
+    flat[4::13] = -float("inf")
+    x = x.to(dtype).contiguous(memory_format=fmt)
+    s = _scale(SHAPES[shape], dtype)
+    results = {}
+    for lanes in (8, 16):
+        vector_lanes(lanes)
+        results[lanes] = torch.ops.videoconv._scale_act_cpu(x, s, act)
+    vector_lanes(0)
+    assert torch.equal(results[8].isnan(), results[16].isnan())
+    assert torch.equal(results[8].nan_to_num(), results[16].nan_to_num())
+    expected = _ACT64[act](x.double() * s.double())
+    atol, rtol = _TOL[dtype]
+    torch.testing.assert_close(results[8].double(), expected, atol=atol, rtol=rtol, equal_nan=True)
+
+
+def test_cpu_vector_lanes_rejects_other_widths(vector_lanes):
+    with pytest.raises(RuntimeError, match="lanes must be 0 \\(automatic\\), 8 or 16, got 4"):
+        vector_lanes(4)
+
+
 def test_strided_view_and_forced_reference_take_aten():
     """A non-dense view and the forced oracle run ATen's ops, with the same arithmetic."""
     x = _x((1, 20, 6, 9, 9), torch.float32, CL)

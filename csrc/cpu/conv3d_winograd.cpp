@@ -144,7 +144,6 @@ VIDEOCONV_ISA_CLONES void transform_output_block(const float* M, const float* sh
                                                  int64_t t0, int64_t nt, int64_t co_begin,
                                                  int64_t cn, int activation) {
   const int64_t tpf = g.tiles_per_frame();
-  const vf16 zero = {};
   for (int64_t k = 0; k < nt; k++) {
     const int64_t tile = t0 + k;
     const int64_t tx = tile % g.tiles_w, ty = (tile / g.tiles_w) % g.tiles_h;
@@ -172,7 +171,7 @@ VIDEOCONV_ISA_CLONES void transform_output_block(const float* M, const float* sh
             v += valid == kLanes ? load16(residual + off) : load16_first(residual + off, valid);
           }
           if (activation == kRelu) {
-            v = v < zero ? zero : v;  // NaN stays NaN, as in torch.relu
+            v = vrelu(v);  // NaN stays NaN, as in torch.relu
           } else if (activation == kSilu) {
             alignas(64) float lanes[kLanes];
             std::memcpy(lanes, &v, sizeof(v));
