@@ -14,9 +14,9 @@
 // 263 -> 48 µs, scale + Swish 498 -> 384 µs (the Swish's exp, not memory, bounds that one: ~20
 // vector operations per 16 values, as in ATen's). In X3D-S's fused forward: ~1.4 ms of ~29
 // (bfloat16) and ~2 ms of ~43 (float32), with the fused graph calling the kernels directly.
-// On the 2-core Zen 3 (AVX2), float32: scale + Swish 632 -> 437 µs (54 channels @13x40x40) and
-// 165 -> 131 µs (216 @13x10x10) against ATen's mul and silu; these loops run 8 lanes wide there
-// (vec16.h, "Vector width": 16-lane selects had made them 3-4x slower than ATen's).
+// On the 2-core Zen 3 (AVX2), float32, scale + Swish: 437 µs against ATen's mul and silu's 632
+// (54 channels @13x40x40), 131 against 165 (216 @13x10x10); the loops run 8 lanes wide there
+// (vec16.h, "Vector width"). Written 16 wide they took 1855 and 547 µs, 3-4x ATen's.
 //
 // Layouts: channels_last_3d and contiguous NCDHW. In channels_last_3d, 16 consecutive
 // positions are 16 C values, i.e. exactly C vectors of 16 whatever C is, and lane l of vector v
