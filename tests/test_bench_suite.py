@@ -14,7 +14,7 @@ import torch
 
 from videoconv.bench import providers as prov
 from videoconv.bench.suite import FULL_MODELS, layer_workloads, model_workload
-from videoconv.bench.timing import peak_memory_bytes
+from videoconv.bench.timing import peak_memory_bytes, time_interleaved
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +109,21 @@ def test_model_workload_roofline_counts_every_conv_layer():
     conv_macs = sum(layer.macs * count for layer, count in wl.layers)
     head = 512 * 400  # the fc layer is the only non-conv MAC
     assert conv_macs + head == wl.macs
+
+
+def test_cpu_providers_are_timed_in_turns():
+    """time_interleaved: one untimed call each, then `rounds` rounds in which every provider runs
+    one block of calls, in the given order; the runs reported are what was timed."""
+    order = []
+    fns = {name: (lambda name=name: order.append(name)) for name in ("eager", "compile", "videoconv")}
+    timings = time_interleaved(fns, min_run_time=0.0, min_runs=6, rounds=3)
+    assert order[:3] == ["eager", "compile", "videoconv"]  # the warm-up calls
+    # min_runs 6 over 3 rounds: blocks of 2 calls (min_run_time 0 asks for no more)
+    assert order[3:] == ["eager"] * 2 + ["compile"] * 2 + ["videoconv"] * 2 + \
+        (["eager"] * 2 + ["compile"] * 2 + ["videoconv"] * 2) * 2
+    assert {name: t.runs for name, t in timings.items()} == {"eager": 6, "compile": 6, "videoconv": 6}
+    for t in timings.values():
+        assert 0 <= t.p20_ms <= t.median_ms <= t.p80_ms
 
 
 def test_peak_memory_counts_what_a_call_allocates():

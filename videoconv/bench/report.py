@@ -68,9 +68,11 @@ def _header(result) -> List[str]:
         peaks = ", ".join(f"{k} {v:.2f}" for k, v in spec["peak_tflops"].items())
         lines += [f"roofline: peak TFLOP/s {peaks}; bandwidth {spec['bandwidth_gbs']:.0f} GB/s "
                   f"({spec['source']})", ""]
+    # Runs before the CPU timing went in turns recorded no "timing": they were back to back.
+    how = env.get("timing") or "back to back"
     lines += [
         "Times are medians in ms, `(x)` the speedup over `eager` (the nn.Conv3d → BatchNorm3d → "
-        "activation modules, channels_last_3d) measured back to back in this run. "
+        f"activation modules, channels_last_3d) measured {how} in this run. "
         "`% roofline`: the workload's roofline bound on this device (fused, compulsory traffic; "
         "`videoconv.analysis.roofline`) over the fastest videoconv time; TFLOP/s and the "
         "roofline count the convolutions' useful MACs (taps on the zero padding, which oneDNN "

@@ -2,8 +2,11 @@
 
 Workloads are traced from the zoo (:func:`videoconv.bench.layers.trace_layers` for layers;
 each model at its standard clip for models), never typed by hand. For each workload, dtype and
-mode, every provider is timed back to back, so the speedups in one row group are ratios taken in
-the same run (:mod:`videoconv.bench.providers` says what each provider and mode is).
+mode, every provider is timed in the same run, so the speedups in one row group are ratios taken
+together (:mod:`videoconv.bench.providers` says what each provider and mode is): on a GPU back
+to back, on a CPU in turns (:func:`videoconv.bench.timing.time_interleaved`: a shared machine's
+speed drifts by tens of percent from minute to minute, and providers timed one after the other
+would each get a different minute).
 
 Per row: median and 20/80-percentile time, TFLOP/s, effective GB/s and % of the roofline of
 this device (:mod:`videoconv.analysis.roofline`: datasheet peaks on known GPUs, a measured GEMM
@@ -238,6 +241,8 @@ def run_benchmark(
     limits = roofline.device_spec(device)  # datasheet on known GPUs; measured on a CPU
     env["roofline"] = limits.to_dict()
     env["modes"] = list(modes)
+    env["timing"] = ("in turns (every provider's blocks of calls alternating: bench/timing.py, "
+                     "time_interleaved)" if device.type == "cpu" else "back to back")
 
     workloads: List[prov.Workload] = []
     for name in layers:
@@ -264,16 +269,20 @@ def run_benchmark(
 
 def _time_group(wl, dt, mode, providers, device, env, limits, smoke, min_run_time, bar,
                 skipped, measure_memory) -> List[Row]:
-    """Every provider on one (workload, dtype, mode), back to back."""
+    """Every provider on one (workload, dtype, mode): on a GPU back to back, on a CPU prepared
+    first and then timed in turns (:func:`videoconv.bench.timing.time_interleaved`)."""
     from ..analysis import roofline
 
     dtype = DTYPES[dt]
     bound = _roofline(wl, dt, mode, limits, device)
     flops = roofline.MODE_FACTOR[mode] * 2 * wl.macs if bound is None else bound[3]
-    rows: List[Row] = []
-    times: Dict[str, float] = {}
+    interleave = device.type == "cpu"
+    runs_min = 1 if smoke else 5
+    run_time = 0.02 if smoke else min_run_time
+    ready: Dict[str, tuple] = {}  # provider -> (prepared, fn, setup seconds)
+    timings: Dict[str, timing.Timing] = {}
     for p in providers:
-        bar.step(f"{wl.label} {dt} {mode} {p}")
+        bar.step(f"{wl.label} {dt} {mode} {p}" + (" (set-up)" if interleave else ""))
         start = time.perf_counter()
         try:
             prepared = prov.prepare(p, wl, dtype, device, mode)
@@ -287,13 +296,21 @@ def _time_group(wl, dt, mode, providers, device, env, limits, smoke, min_run_tim
             skipped.append(f"{p} on {wl.label} {dt} {mode}: {type(exc).__name__}: {exc}")
             bar.done()
             continue
-        setup_s = time.perf_counter() - start
-        t = time_callable(fn, device, min_run_time=0.02 if smoke else min_run_time,
-                          min_runs=1 if smoke else 5)
+        ready[p] = (prepared, fn, time.perf_counter() - start)
+        if not interleave:
+            timings[p] = time_callable(fn, device, min_run_time=run_time, min_runs=runs_min)
+    if interleave and ready:
+        bar.step(f"{wl.label} {dt} {mode}: {len(ready)} providers in turns")
+        timings = timing.time_interleaved({p: r[1] for p, r in ready.items()},
+                                          min_run_time=run_time, min_runs=runs_min,
+                                          rounds=2 if smoke else 10)
+    rows: List[Row] = []
+    eager_ms = timings["eager"].median_ms if "eager" in timings else None
+    for p, (prepared, fn, setup_s) in ready.items():
+        t = timings[p]
         peak = None
         if measure_memory and p != "openvino":
             peak = peak_memory_bytes(fn, device) / 2**20
-        times[p] = t.median_ms
         seconds = t.median_ms * 1e-3
         rows.append(Row(
             level=wl.level, provider=p, workload=wl.label, model=wl.model, kind=wl.kind,
@@ -304,13 +321,13 @@ def _time_group(wl, dt, mode, providers, device, env, limits, smoke, min_run_tim
             pct_of_roofline=None if bound is None else 100.0 * bound[1] / seconds,
             roofline_headroom=None if bound is None else bound[2] / bound[1],
             peak_mem_mb=peak, setup_s=setup_s,
-            speedup_vs_eager=times["eager"] / t.median_ms if "eager" in times else None,
+            speedup_vs_eager=eager_ms / t.median_ms if eager_ms is not None else None,
         ))
-        del prepared, fn
         bar.done()
-    if "eager" in times and "conv-only" in times:
+    ready.clear()
+    if "eager" in timings and "conv-only" in timings:
         for row in rows:
-            row.fusion_bound = times["eager"] / times["conv-only"]
+            row.fusion_bound = timings["eager"].median_ms / timings["conv-only"].median_ms
     return rows
 
 

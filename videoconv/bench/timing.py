@@ -2,18 +2,21 @@
 
 GPU: ``triton.testing.do_bench`` (flushes L2 between runs, reports quantiles).
 CPU: ``torch.utils.benchmark.Timer.blocked_autorange``, which picks the number of runs per block
-so the timer's overhead is negligible and reports the median over blocks.
+so the timer's overhead is negligible and reports the median over blocks; or, for several
+providers of one workload, :func:`time_interleaved`, which takes their blocks in turns.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
-from typing import Callable
+from typing import Callable, Dict, List
 
 import torch
 
-__all__ = ["Timing", "time_callable", "peak_memory_bytes", "pin_host_allocator"]
+__all__ = ["Timing", "time_callable", "time_interleaved", "peak_memory_bytes",
+           "pin_host_allocator"]
 
 # glibc mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -97,6 +100,49 @@ def time_callable(
     return Timing(
         1e3 * measurement.median, quantile(0.2), quantile(0.8), runs=len(times) * measurement.number_per_run
     )
+
+
+def time_interleaved(fns: Dict[str, Callable[[], object]], min_run_time: float = 1.0,
+                     min_runs: int = 5, rounds: int = 10) -> Dict[str, Timing]:
+    """CPU: time several calls of the same workload in turns, for ratios that a drifting machine
+    does not skew.
+
+    Why: on a shared VM the speed of the same code drifts by 20-30% from one minute to the
+    next (measured: a fused X3D-S forward at 58 ms, then 80-88 ms a few minutes later, with no
+    change). Timed one after the other, a provider that happens to run in a slow minute looks
+    slower than it is; in turns, every provider sees the same minutes. Each of ``rounds`` rounds
+    runs every provider once for a block of calls sized to about ``min_run_time / rounds``
+    seconds (at least one call; ``min_runs`` calls in all at least); the median and quantiles
+    are over the per-call times of the blocks, as ``blocked_autorange`` reports them.
+
+    Each callable has been called once before (the set-up call: compilation, oneDNN primitives,
+    packing); one more untimed call here warms it after the others ran."""
+    per_call: Dict[str, float] = {}
+    for name, fn in fns.items():
+        start = time.perf_counter()
+        fn()
+        per_call[name] = max(time.perf_counter() - start, 1e-7)
+    rounds = max(1, rounds)
+    calls = {name: max(1, -(-min_runs // rounds), int(min_run_time / rounds / t))
+             for name, t in per_call.items()}
+    blocks: Dict[str, List[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            n = calls[name]
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            blocks[name].append((time.perf_counter() - start) / n)
+    result = {}
+    for name, times in blocks.items():
+        times = sorted(times)
+
+        def quantile(q: float) -> float:
+            return 1e3 * times[min(len(times) - 1, int(q * len(times)))]
+
+        median = statistics.median(times) * 1e3
+        result[name] = Timing(median, quantile(0.2), quantile(0.8), runs=rounds * calls[name])
+    return result
 
 
 def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int:
