@@ -136,12 +136,8 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], min_run_time: float =
     result = {}
     for name, times in blocks.items():
         times = sorted(times)
-
-        def quantile(q: float) -> float:
-            return 1e3 * times[min(len(times) - 1, int(q * len(times)))]
-
-        median = statistics.median(times) * 1e3
-        result[name] = Timing(median, quantile(0.2), quantile(0.8), runs=rounds * calls[name])
+        p20, p80 = (1e3 * times[min(len(times) - 1, int(q * len(times)))] for q in (0.2, 0.8))
+        result[name] = Timing(statistics.median(times) * 1e3, p20, p80, runs=rounds * calls[name])
     return result
 
 
