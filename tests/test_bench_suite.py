@@ -180,7 +180,13 @@ def test_pinned_allocator_stops_refaulting_freed_memory(mode):
     assert out.returncode == 0, out.stderr
     faults, what = out.stdout.split(maxsplit=1)
     if mode == "default":
-        assert int(faults) > 5000, out.stdout
+        # What the pin is for. Whether glibc hands the memory back also depends on the kernel's
+        # memory management of the moment (one run on this project's VM saw 0 faults where
+        # ~16,000 are usual), so this leg documents the default rather than failing on it; the
+        # pin leg is the check.
+        if int(faults) <= 5000:
+            pytest.skip(f"glibc's default kept the memory this time ({faults} faults): nothing "
+                        "for the pin to show")
         return
     if not what.startswith("glibc malloc, trimming off"):
         pytest.skip(f"allocator not pinned here: {what.strip()}")

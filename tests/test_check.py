@@ -94,9 +94,10 @@ def test_every_backend_on_the_gpu_matches_float64():
 
 
 def test_cli_check_compile_builds_triton_kernels_without_spills():
-    # one variant per kernel module keeps this fast; each module's test compiles all its variants
+    # The CLI path: the stem variants of three kernel modules (conv3d_bn_act, the statistics op,
+    # conv2plus1d_bn_act), ~15 s; each module's own test compiles all its variants, the depthwise
+    # ones included (naming a depthwise variant here cost another ~65 s of CI for nothing new).
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = _cli("--compile", "--arch", "sm_80,sm_90", "--kernel",
-                  "stem,dw_conv3d_fwd_res_relu_cl_bf16_3x3x3_p16_c64_w4,conv2plus1d", env=env)
+    result = _cli("--compile", "--arch", "sm_80,sm_90", "--kernel", "stem", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "| triton |" in result.stdout and "sm_90" in result.stdout and "all ok" in result.stdout

@@ -1,7 +1,8 @@
 // 16 (or 8) float lanes as one value, for the element-wise and transform loops of the CPU
 // kernels (conv3d_winograd.cpp, squeeze_excitation.cpp): GCC vector types, loads and stores for
 // float32 and bfloat16, relu, and a vectorised exp. Internal linkage (static), so that each file's
-// multi-versioned (target_clones) loops inline their own copies.
+// multi-versioned (target_clones) loops inline their own copies; forced_lanes is the exception,
+// one flag for the whole library.
 #pragma once
 
 #include <ATen/ATen.h>
