@@ -40,9 +40,6 @@ typedef int32_t vi16 __attribute__((vector_size(64)));
 typedef uint16_t vh16 __attribute__((vector_size(32)));
 // 8 float lanes: one AVX2 register (see "Vector width" below).
 typedef float vf8 __attribute__((vector_size(32)));
-typedef uint32_t vu8 __attribute__((vector_size(32)));
-typedef int32_t vi8 __attribute__((vector_size(32)));
-typedef uint16_t vh8 __attribute__((vector_size(16)));
 
 // Vector width. GCC lowers a 16-lane value in the AVX2 clone to two ymm registers, and most
 // arithmetic on it to two instructions, but not everything: a select (x > c ? c : x) becomes a
@@ -71,28 +68,20 @@ static inline bool wide_vectors() {
 #endif
 }
 
-// Per width: its lane count and the types that view memory at any element-aligned address
-// (unaligned vmovups) and may alias the tensors' float / bfloat16 data.
+// Per width: its lane count, the integer vectors of the same width, and the types that view
+// memory at any element-aligned address (unaligned vmovups) and may alias the tensors' float /
+// bfloat16 data. Width<vf16> and Width<vf8>.
+template <int64_t N>
+struct LaneTypes {
+  static constexpr int64_t lanes = N;
+  typedef uint32_t bits __attribute__((vector_size(4 * N)));
+  typedef int32_t signed_bits __attribute__((vector_size(4 * N)));
+  typedef uint16_t bf16_bits __attribute__((vector_size(2 * N)));
+  typedef float mem __attribute__((vector_size(4 * N), aligned(4), may_alias));
+  typedef uint16_t bf16_mem __attribute__((vector_size(2 * N), aligned(2), may_alias));
+};
 template <typename V>
-struct Width;
-template <>
-struct Width<vf16> {
-  static constexpr int64_t lanes = 16;
-  typedef vu16 bits;
-  typedef vi16 signed_bits;
-  typedef vh16 bf16_bits;
-  typedef float mem __attribute__((vector_size(64), aligned(4), may_alias));
-  typedef uint16_t bf16_mem __attribute__((vector_size(32), aligned(2), may_alias));
-};
-template <>
-struct Width<vf8> {
-  static constexpr int64_t lanes = 8;
-  typedef vu8 bits;
-  typedef vi8 signed_bits;
-  typedef vh8 bf16_bits;
-  typedef float mem __attribute__((vector_size(32), aligned(4), may_alias));
-  typedef uint16_t bf16_mem __attribute__((vector_size(16), aligned(2), may_alias));
-};
+struct Width : LaneTypes<sizeof(V) / sizeof(float)> {};
 
 template <typename V>
 __attribute__((always_inline)) static inline V load(const float* p) {
