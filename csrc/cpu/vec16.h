@@ -35,9 +35,6 @@ constexpr int64_t kLanes = 16;
 // the 6x6 tiles of the transforms stay in registers; the loop form spilled them to the stack
 // and reloaded them lane by lane (store-forwarding stalls, ~3x slower transforms).
 typedef float vf16 __attribute__((vector_size(64)));
-typedef uint32_t vu16 __attribute__((vector_size(64)));
-typedef int32_t vi16 __attribute__((vector_size(64)));
-typedef uint16_t vh16 __attribute__((vector_size(32)));
 // 8 float lanes: one AVX2 register (see "Vector width" below).
 typedef float vf8 __attribute__((vector_size(32)));
 
