@@ -1,6 +1,8 @@
 """The cpu backend's 1x1x1 kernel (csrc/cpu/conv3d_pointwise.cpp): values against the float64
 oracle over the edge cases of its tiling (partial micro-tiles and column blocks, odd C_in,
-strides, both work splits), which layers take it, its cache, its errors."""
+strides, both work splits), which layers take it, its cache, its errors. Both variants: the
+AVX-512 one (where the CPU has AVX512-BF16) and the AVX2 one (every other x86-64-v3 CPU; an
+AVX-512 CPU runs it with ``_cpu_vector_lanes(8)``)."""
 
 from __future__ import annotations
 
@@ -21,11 +23,25 @@ from test_ops import ACTS, _TOL, oracle_conv3d_bn_act
 
 pytestmark = pytest.mark.skipif(
     bool(CpuBackend.environment_reasons()) or not cpu_backend._has_pointwise_kernel(),
-    reason="needs the cpu backend, the videoconv._C extension and a CPU with AVX-512 + BF16",
+    reason="needs the cpu backend, the videoconv._C extension and a CPU with AVX2 + FMA",
 )
+
+#: The variants this CPU can run, by the lanes setting that selects them: 0 (automatic: AVX-512
+#: where the CPU has AVX512-BF16, else AVX2) and, on an AVX-512 CPU, 8 (AVX2).
+VARIANTS = {"auto": 0}
+if cpu_backend._has_pointwise_kernel() and cpu_backend._pointwise_variant() == "avx512_bf16":
+    VARIANTS["avx2"] = 8
 
 CL = torch.channels_last_3d
 _ids = lambda d: str(d).replace("torch.", "")  # noqa: E731
+
+
+@pytest.fixture(params=list(VARIANTS))
+def variant(request):
+    """The kernel variant under test, selected through the vector-width switch; restored after."""
+    previous = torch.ops.videoconv._cpu_vector_lanes(VARIANTS[request.param])
+    yield cpu_backend._pointwise_variant()
+    torch.ops.videoconv._cpu_vector_lanes(previous)
 
 
 @pytest.fixture(autouse=True)
@@ -35,6 +51,8 @@ def _every_eligible_layer(monkeypatch):
     monkeypatch.delenv("VIDEOCONV_BACKEND", raising=False)
     monkeypatch.setattr(cpu_backend, "POINTWISE", True)
     monkeypatch.setattr(cpu_backend, "_POINTWISE_MIN_CHANNELS", 1)
+    monkeypatch.setattr(cpu_backend, "_POINTWISE_AVX2_MAX_OUTPUT_F32", 1 << 62)
+    monkeypatch.setattr(cpu_backend, "_POINTWISE_AVX2_EXPANSION_OUTPUT_BF16", 1 << 62)
     monkeypatch.setattr(cpu_backend, "_POINTWISE_MAX_ROWS_F32", 1 << 40)
     monkeypatch.setattr(cpu_backend, "_SMALL_GEMM_ROWS", 0)
     cpu_backend.pack_cache.clear()
@@ -87,10 +105,12 @@ CASES = {
 @pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "res"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=_ids)
 @pytest.mark.parametrize("case", list(CASES))
-def test_matches_oracle(case, dtype, with_residual, act):
+def test_matches_oracle(case, dtype, with_residual, act, variant):
     n, c_in, c_out, size, stride = CASES[case]
     x, w, scale, shift, residual = _inputs(n, c_in, c_out, size, stride, dtype, with_residual)
     assert cpu_backend._use_pointwise(_key(x, w, stride))
+    route = cpu_backend._pointwise_route(dtype)
+    assert route == ("pointwise-f32" if variant == "avx2" and dtype == torch.bfloat16 else "pointwise")
     zeros = (0, 0, 0)
     with backends.use("cpu"):
         y = conv3d_bn_act(x, w, scale, shift, stride, zeros, (1, 1, 1), 1, act, residual)
@@ -99,9 +119,27 @@ def test_matches_oracle(case, dtype, with_residual, act):
     atol, rtol = _TOL[dtype]
     torch.testing.assert_close(y.double(), expected, atol=atol, rtol=rtol)
     # and it really ran the kernel: the same bits as calling it with the packed weight
-    packed, bias = cpu_backend.pack_cache.get(w, scale, shift, (_key(x, w, stride), "pointwise"))
+    packed, bias = cpu_backend.pack_cache.get(w, scale, shift, (_key(x, w, stride), route))
+    assert packed.dtype == (torch.float32 if route == "pointwise-f32" else dtype)
     direct = torch.ops.videoconv._conv3d_pointwise_cpu(x, packed, bias, list(stride), act, residual)
     torch.testing.assert_close(y, direct, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=_ids)
+def test_non_finite_values_propagate(dtype, act, variant):
+    """A NaN or an infinity in a position's input reaches every channel of that position as in
+    the float64 oracle (relu keeps NaN, as torch.relu); the other positions are untouched."""
+    x, w, scale, shift, residual = _inputs(1, 20, 40, (2, 3, 5), (1, 1, 1), dtype, True)
+    x[0, 3, 0, 1, 2] = float("nan")
+    x[0, 7, 1, 2, 4] = float("inf")
+    residual[0, 5, 1, 0, 0] = float("-inf")
+    with backends.use("cpu"):
+        y = conv3d_bn_act(x, w, scale, shift, 1, 0, 1, 1, act, residual)
+    expected = oracle_conv3d_bn_act(x, w, scale, shift, (1, 1, 1), (0, 0, 0), (1, 1, 1), 1, act, residual)
+    assert torch.equal(y.isnan(), expected.isnan()) and y.isnan().any()
+    atol, rtol = _TOL[dtype]
+    torch.testing.assert_close(y.double(), expected, atol=atol, rtol=rtol, equal_nan=True)
 
 
 def test_channels_first_input_keeps_its_layout():
@@ -118,9 +156,11 @@ def test_channels_first_input_keeps_its_layout():
 
 
 def test_which_layers_take_it(monkeypatch):
-    """The speed rule with its real limits: C_in >= 32 (or a tiny, small-GEMM-sized one, as
-    Squeeze-and-Excitation's on a pooled map), channels_last_3d, 1x1x1, no padding or groups;
-    bfloat16 at any size, float32 up to _POINTWISE_MAX_ROWS_F32 output positions."""
+    """The AVX-512 variant's speed rule with its real limits: C_in >= 32 (or a tiny,
+    small-GEMM-sized one, as Squeeze-and-Excitation's on a pooled map), channels_last_3d, 1x1x1,
+    no padding or groups; bfloat16 at any size, float32 up to _POINTWISE_MAX_ROWS_F32 output
+    positions. (The rule only asks which variant runs: checked on any CPU.)"""
+    monkeypatch.setattr(cpu_backend, "_pointwise_variant", lambda: "avx512_bf16")
     monkeypatch.setattr(cpu_backend, "_POINTWISE_MIN_CHANNELS", 32)
     monkeypatch.setattr(cpu_backend, "_SMALL_GEMM_ROWS", 64)
     monkeypatch.setattr(cpu_backend, "_POINTWISE_MAX_ROWS_F32", 2048)
@@ -150,6 +190,38 @@ def test_which_layers_take_it(monkeypatch):
     assert not takes(bf, 216, 96, (13, 10, 10))
 
 
+def test_which_layers_take_the_avx2_variant(monkeypatch):
+    """The AVX2 variant's rule (videoconv/backends/cpu.py, from benchmarks/pointwise_ab.py):
+    float32 up to _POINTWISE_AVX2_MAX_OUTPUT_F32 output values; bfloat16 everywhere except
+    stride-1 expansions (C_out >= 2 C_in) with at least _POINTWISE_AVX2_EXPANSION_OUTPUT_BF16 output
+    values; the pooled Squeeze-and-Excitation convs at any size; any C_in."""
+    monkeypatch.setattr(cpu_backend, "_pointwise_variant", lambda: "avx2")
+    monkeypatch.setattr(cpu_backend, "_SMALL_GEMM_ROWS", 64)
+    monkeypatch.setattr(cpu_backend, "_POINTWISE_AVX2_MAX_OUTPUT_F32", 300_000)
+    monkeypatch.setattr(cpu_backend, "_POINTWISE_AVX2_EXPANSION_OUTPUT_BF16", 500_000)
+    bf, f32 = torch.bfloat16, torch.float32
+
+    def takes(dtype, c_in, c_out, size, stride=(1, 1, 1), fmt=CL):
+        key = ((dtype, torch.device("cpu"), fmt, (c_out, c_in, 1, 1, 1)), stride, (0, 0, 0),
+               (1, 1, 1), 1, (1, c_in) + size)
+        return cpu_backend._use_pointwise(key)
+
+    assert takes(f32, 216, 96, (13, 10, 10))            # 130k output values
+    assert takes(f32, 24, 48, (13, 40, 40), (1, 2, 2))  # 250k after the stride
+    assert not takes(f32, 54, 24, (13, 40, 40))         # 499k: output-bound
+    assert not takes(f32, 64, 128, (16, 56, 56), (2, 2, 2))  # 803k
+    assert takes(bf, 24, 54, (13, 80, 80), (1, 2, 2))   # strided: 1.1M, but no widened input copy
+    assert not takes(bf, 24, 54, (13, 40, 40))          # expansion, 1.1M
+    assert not takes(bf, 96, 432, (13, 10, 10))         # expansion, 562k
+    assert takes(bf, 54, 24, (13, 80, 80))              # projection, 2M: no copies to make
+    assert takes(bf, 64, 128, (16, 56, 56), (2, 2, 2))  # R3D-18's first shortcut: strided
+    assert takes(bf, 16, 216, (1, 1, 1))                # SE on a pooled map
+    assert not takes(bf, 216, 96, (13, 10, 10), fmt=torch.contiguous_format)
+    assert not takes(torch.float16, 64, 64, (4, 8, 8))
+    monkeypatch.setattr(cpu_backend, "_pointwise_variant", lambda: "")
+    assert not takes(bf, 216, 96, (13, 10, 10))
+
+
 @pytest.mark.parametrize("layout", [torch.contiguous_format, CL], ids=["ncdhw", "cl"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=_ids)
 def test_pooled_se_convs_take_it_at_any_width(monkeypatch, dtype, layout):
@@ -162,7 +234,7 @@ def test_pooled_se_convs_take_it_at_any_width(monkeypatch, dtype, layout):
     with backends.use("cpu"):
         y = conv3d_bn_act(x, w, scale, shift, 1, 0, 1, 1, "silu", residual)
     (key, route), = [entry.key for _, entry in cpu_backend.pack_cache._entries.values()]
-    assert route == "pointwise" and cpu_backend._is_small_gemm(key)
+    assert route == cpu_backend._pointwise_route(dtype) and cpu_backend._is_small_gemm(key)
     assert y.stride() == (54, 1, 1, 1, 1)
     expected = oracle_conv3d_bn_act(x, w, scale, shift, (1, 1, 1), (0, 0, 0), (1, 1, 1), 1, "silu", residual)
     atol, rtol = _TOL[dtype]
@@ -280,3 +352,16 @@ def test_empty_batch_gives_empty_output():
     x, packed, shift = _op_args()
     y = torch.ops.videoconv._conv3d_pointwise_cpu(x[:0], packed, shift, [1, 1, 1], "relu", None)
     assert y.shape == (0, 24, 2, 3, 3) and y.is_contiguous(memory_format=CL)
+
+
+@pytest.mark.skipif(cpu_backend._pointwise_variant() != "avx2",
+                    reason="a CPU without AVX512-BF16 (there a bfloat16 packed weight is refused)")
+def test_bfloat16_packed_weight_needs_avx512_bf16():
+    """Where the CPU has no bfloat16 dot product, a bfloat16 packed weight (the AVX-512 variant's
+    layout) is refused with the reason, not computed with another layout's meaning."""
+    x, _, shift = _op_args(torch.bfloat16)
+    packed = cpu_backend._pointwise_weight(torch.randn(24, 32, 1, 1, 1, dtype=torch.float64),
+                                           torch.bfloat16)
+    assert packed.dtype == torch.bfloat16
+    with pytest.raises(RuntimeError, match="AVX512-BF16"):
+        torch.ops.videoconv._conv3d_pointwise_cpu(x, packed, shift, [1, 1, 1], "relu", None)

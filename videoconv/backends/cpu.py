@@ -34,13 +34,16 @@ way left to be faster. The products are float32 (also for bfloat16 tensors; see 
 for why). Which layers qualify is :func:`_use_winograd`; ``VIDEOCONV_CPU_WINOGRAD=0`` (read at
 import) turns it off, e.g. to compare with oneDNN or to get oneDNN's rounding exactly.
 
-1x1x1 convolutions (X3D's and CSN's expansions and projections, the ResNet shortcuts) with at
-least 32 input channels, and the tiny ones above at any width, run through
-``videoconv::_conv3d_pointwise_cpu`` (csrc/cpu/conv3d_pointwise.cpp): one GEMM over the output
-positions with the same AVX512-BF16 / AVX-512 instructions as oneDNN's kernel and the epilogue on
-its accumulators, without oneDNN's ~30-60 µs of per-call set-up, which is a third of such a
-layer's time inside X3D-S. The weight is packed once (:func:`_pointwise_weight`, cached). Which
-layers qualify is :func:`_use_pointwise` (on CPUs with AVX-512 and AVX512-BF16 only);
+1x1x1 convolutions (X3D's and CSN's expansions and projections, the ResNet shortcuts) run, where
+measured faster, through ``videoconv::_conv3d_pointwise_cpu`` (csrc/cpu/conv3d_pointwise.cpp):
+one GEMM over the output positions with the epilogue on its accumulators, without oneDNN's
+~30-60 µs of per-call set-up, which is a third of such a layer's time inside X3D-S. Two variants
+(:func:`_pointwise_variant`): on CPUs with AVX-512 and AVX512-BF16, the same AVX512-BF16 /
+AVX-512 instructions as oneDNN's kernel; on other x86-64 CPUs with AVX2 and FMA, float32 FMAs for
+both dtypes (bfloat16 tensors read and written as bfloat16, without the widened oneDNN route's
+float32 copies of the input and output; route "pointwise-f32", a float32 packed weight holding the
+weight rounded to bfloat16). The weight is packed once (:func:`_pointwise_weight`, cached). Which
+layers qualify is :func:`_use_pointwise`, with limits measured per variant;
 ``VIDEOCONV_CPU_POINTWISE=0`` (read at import) turns it off.
 
 float32 and bfloat16 only (float16 convolutions fail on CPUs without AVX512-FP16/AMX-FP16; float64
@@ -306,8 +309,8 @@ def _use_winograd(key) -> bool:
 #: The 1x1x1 kernel for eligible convolutions (see the module docstring); read at import.
 POINTWISE = os.environ.get("VIDEOCONV_CPU_POINTWISE", "1") != "0"
 
-#: Limits of the 1x1x1 kernel (:func:`_use_pointwise`), from timings on this project's 2-core
-#: AMD EPYC (Zen 4, AVX-512 BF16, no AMX) against oneDNN's brgconv_1x1, same process, kernel
+#: Limits of the 1x1x1 kernel's AVX-512 variant (:func:`_use_pointwise`), from timings on this
+#: project's 2-core AMD EPYC (Zen 4, AVX-512 BF16, no AMX) against oneDNN's brgconv_1x1, same process, kernel
 #: call alone (inside a model the kernel also saves most of oneDNN's ~30-60 µs set-up per call):
 #:
 #: * bfloat16: 1.10-1.24x on X3D-S's 1x1x1 convolutions with C_in >= 48 and R3D-18's 256 -> 512
@@ -322,6 +325,26 @@ POINTWISE = os.environ.get("VIDEOCONV_CPU_POINTWISE", "1") != "0"
 #:   output positions in float32.
 _POINTWISE_MIN_CHANNELS = 32
 _POINTWISE_MAX_ROWS_F32 = 2048
+
+#: Limits of the AVX2 variant (CPUs without AVX512-BF16), from ``benchmarks/pointwise_ab.py`` on
+#: the project's 2-core AMD EPYC Zen 3 (AVX2, no AVX-512) against oneDNN's AVX2 1x1 kernel through
+#: ``_convolution_pointwise``, same process, in turns (oneDNN / kernel, medians of two runs):
+#:
+#: * float32: 1.04-1.6x with up to ~300k output values (X3D-S from stage 3 on, the stride-2
+#:   projections, R3D-18's and R(2+1)D-18's 128 -> 256 and 256 -> 512 shortcuts), where oneDNN's
+#:   set-up is a large part of the call; 0.67-0.90x from ~500k up (X3D-S's stride-1 layers at
+#:   13x40x40 and 13x80x80, 48 -> 108 at 13x20x20), where writing the output bounds both and
+#:   oneDNN's kernel writes it faster. Hence at most _POINTWISE_AVX2_MAX_OUTPUT_F32 values.
+#: * bfloat16: oneDNN has no bfloat16 convolution on such CPUs; its route widens the input to a
+#:   float32 copy and rounds the output from another. The kernel reads and writes bfloat16:
+#:   1.2-2.0x on projections, small expansions and the stride-2 shortcuts (1.85-1.94x on the
+#:   64 -> 128 ones at 16x56x56, whose widened copy is of the whole input, of which the
+#:   convolution reads an eighth), ~1.0 on 24 -> 54 at 13x80x80, but 0.79-0.95x on stride-1
+#:   expansions (C_out >= 2 C_in) with >= 500k output values (24 -> 54 and 24 -> 108 at
+#:   13x40x40, 48 -> 216 at 13x20x20, 96 -> 432 at 13x10x10), output-bound as in float32.
+#:   Hence not those (_POINTWISE_AVX2_EXPANSION_OUTPUT_BF16).
+_POINTWISE_AVX2_MAX_OUTPUT_F32 = 300_000
+_POINTWISE_AVX2_EXPANSION_OUTPUT_BF16 = 500_000
 _POINTWISE_LANES = 16  # the kernel's channel vector (csrc/cpu/conv3d_pointwise.cpp)
 _POINTWISE_BLOCK = 64  # the kernel's column block: four vectors
 
@@ -329,7 +352,8 @@ _pointwise_kernel: Optional[bool] = None
 
 
 def _has_pointwise_kernel() -> bool:
-    """Whether the extension has the 1x1x1 kernel and this CPU can run it (AVX-512 + BF16)."""
+    """Whether the extension has the 1x1x1 kernel and this CPU can run one of its variants
+    (AVX-512 + BF16, or AVX2 + FMA)."""
     global _pointwise_kernel
     if _pointwise_kernel is None:
         _pointwise_kernel = (_op_registered("_conv3d_pointwise_cpu")
@@ -337,42 +361,72 @@ def _has_pointwise_kernel() -> bool:
     return _pointwise_kernel
 
 
+def _pointwise_variant() -> str:
+    """The 1x1x1 kernel this CPU runs: "avx512_bf16", "avx2" or "" (none; see
+    csrc/cpu/conv3d_pointwise.cpp). Asked each time a call is prepared, not cached:
+    ``torch.ops.videoconv._cpu_vector_lanes(8)`` makes an AVX-512 CPU run the AVX2 one (tests)."""
+    if not _has_pointwise_kernel():
+        return ""
+    return str(torch.ops.videoconv._conv3d_pointwise_cpu_variant())
+
+
 def _use_pointwise(key) -> bool:
     """Whether the convolution ``key`` describes runs through the 1x1x1 kernel
     (``videoconv::_conv3d_pointwise_cpu``): a 1x1x1 kernel, no padding, no groups, any stride,
     channels_last_3d (or one position per sample, which is both layouts), float32 or bfloat16,
-    and the limits above. The tiny ones :func:`_is_small_gemm` describes (Squeeze-and-Excitation
-    on a pooled map) take it at any C_in: its ~3-5 µs call beats the small GEMM's 5-11 µs."""
+    and the limits above for the variant this CPU runs. The tiny ones :func:`_is_small_gemm`
+    describes (Squeeze-and-Excitation on a pooled map) take it at any C_in: its ~3-5 µs call
+    beats the small GEMM's 5-11 µs."""
     (dtype, _, fmt, wshape), stride, padding, _, groups, input_size = key
     point = tuple(input_size[2:]) == (1, 1, 1)
     if not (POINTWISE and (fmt == torch.channels_last_3d or point)
-            and tuple(wshape[2:]) == (1, 1, 1) and tuple(padding) == (0, 0, 0) and groups == 1
-            and (wshape[1] >= _POINTWISE_MIN_CHANNELS or _is_small_gemm(key))
-            and _has_pointwise_kernel()):
+            and dtype in (torch.float32, torch.bfloat16)
+            and tuple(wshape[2:]) == (1, 1, 1) and tuple(padding) == (0, 0, 0) and groups == 1):
         return False
-    if dtype == torch.bfloat16:
-        return True
+    variant = _pointwise_variant()
+    c_out, c_in = wshape[0], wshape[1]
     n, _, d, h, w = input_size
     rows = n * math.prod(-(-size // s) for size, s in zip((d, h, w), stride))
-    return dtype == torch.float32 and rows <= _POINTWISE_MAX_ROWS_F32
+    if variant == "avx2":
+        if _is_small_gemm(key):
+            return True
+        if dtype == torch.bfloat16:
+            expansion = c_out >= 2 * c_in and tuple(stride) == (1, 1, 1)
+            return not (expansion and rows * c_out >= _POINTWISE_AVX2_EXPANSION_OUTPUT_BF16)
+        return rows * c_out <= _POINTWISE_AVX2_MAX_OUTPUT_F32
+    if variant != "avx512_bf16" or not (c_in >= _POINTWISE_MIN_CHANNELS or _is_small_gemm(key)):
+        return False
+    return dtype == torch.bfloat16 or rows <= _POINTWISE_MAX_ROWS_F32
 
 
-def _pointwise_weight(folded: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _pointwise_route(dtype: torch.dtype) -> str:
+    """The pack-cache route of a convolution that takes the 1x1x1 kernel: "pointwise" (the packed
+    weight in the tensors' dtype) or "pointwise-f32" (bfloat16 tensors computed in float32 by the
+    AVX2 kernel: a float32 packed weight holding the weight rounded to bfloat16)."""
+    if dtype == torch.bfloat16 and _pointwise_variant() != "avx512_bf16":
+        return "pointwise-f32"
+    return "pointwise"
+
+
+def _pointwise_weight(folded: torch.Tensor, dtype: torch.dtype, widened: bool = False) -> torch.Tensor:
     """The 1x1x1 kernel's packed weight from the folded float64 (C_out, C_in, 1, 1, 1) weight,
     rounded once to ``dtype``: one flat tensor of column blocks of 64 output channels (the last
     one narrower), each block [K step][block width] (float32: a step is one input channel) or
     [K step][block width][2] (bfloat16: a step is a pair of input channels, the operand layout of
-    vdpbf16ps). C_out is zero-padded to a multiple of 16, an odd C_in by one zero channel."""
+    vdpbf16ps). C_out is zero-padded to a multiple of 16, an odd C_in by one zero channel.
+    ``widened``: the float32 layout holding the values rounded to ``dtype`` (the AVX2 kernel's
+    weight for bfloat16 tensors)."""
     c_out, c_in = folded.shape[:2]
     w = folded.reshape(c_out, c_in)
     padded = -(-c_out // _POINTWISE_LANES) * _POINTWISE_LANES
-    pair = dtype == torch.bfloat16
+    pair = dtype == torch.bfloat16 and not widened
     w = F.pad(w, (0, c_in % 2 if pair else 0, 0, padded - c_out))
     blocks = []
     for c0 in range(0, padded, _POINTWISE_BLOCK):
         b = w[c0:c0 + _POINTWISE_BLOCK]
         b = b.reshape(b.shape[0], -1, 2).permute(1, 0, 2) if pair else b.t()
-        blocks.append(b.to(dtype).reshape(-1))
+        b = b.to(dtype)
+        blocks.append((b.float() if widened else b).reshape(-1))
     return torch.cat(blocks).contiguous()
 
 
@@ -404,8 +458,9 @@ def _winograd_weight(folded: torch.Tensor) -> torch.Tensor:
 
 
 def _pack(weight, scale, shift, cache_key):
-    # cache_key = (key, route): the route ("winograd", "pointwise", "onednn" or "onednn-f32",
-    # oneDNN computing a bfloat16 convolution in float32) is part of what the cache compares,
+    # cache_key = (key, route): the route ("winograd", "pointwise", "pointwise-f32" (the AVX2
+    # 1x1x1 kernel computing a bfloat16 convolution in float32), "onednn" or "onednn-f32" (oneDNN
+    # doing the same)) is part of what the cache compares,
     # so that a weight packed for one kernel is never handed to another after WINOGRAD,
     # POINTWISE or a limit is changed at run time.
     key, route = cache_key
@@ -420,8 +475,9 @@ def _pack(weight, scale, shift, cache_key):
             # From the float64 folded weight, with no rounding to the dtype first: oneDNN needs
             # the weight in the input's dtype, this kernel does not.
             return _winograd_weight(w), shift.detach().float().contiguous()
-        if route == "pointwise":  # the packed weight in the dtype and a float32 shift
-            return _pointwise_weight(w, dtype), shift.detach().float().contiguous()
+        if route in ("pointwise", "pointwise-f32"):  # the packed weight and a float32 shift
+            return (_pointwise_weight(w, dtype, widened=route == "pointwise-f32"),
+                    shift.detach().float().contiguous())
         w = w.to(dtype)
         if route == "onednn-f32":  # rounded to bfloat16 as above, computed in float32
             w, bias = w.float(), shift.detach().float().contiguous()
@@ -488,7 +544,8 @@ def _prepare(weight, scale, shift, stride, padding, dilation, groups, activation
     stride, padding, dilation = list(stride), list(padding), list(dilation)
     key = ((weight.dtype, weight.device, fmt, tuple(weight.shape)), tuple(stride), tuple(padding),
            tuple(dilation), groups, tuple(input_size))
-    route = ("winograd" if _use_winograd(key) else "pointwise" if _use_pointwise(key)
+    route = ("winograd" if _use_winograd(key)
+             else _pointwise_route(weight.dtype) if _use_pointwise(key)
              else "onednn-f32" if _widened(weight.dtype) and not _is_small_gemm(key)
              else "onednn")
     packed, bias = pack_cache.get(weight, scale, shift, (key, route))
@@ -501,10 +558,10 @@ def _prepare(weight, scale, shift, stride, padding, dilation, groups, activation
     if route == "onednn" and _is_small_gemm(key):  # the cache holds a float32 matrix then
         return _prepare_small_gemm(packed, bias, activation, input_size, weight.dtype, final)
 
-    if route in ("pointwise", "winograd"):
+    if route in ("pointwise", "pointwise-f32", "winograd"):
         # videoconv's own kernels: the packed weight, a float32 shift and the one convolution
         # argument each takes (the 1x1x1 kernel's stride, Winograd's padding), channels_last_3d
-        if route == "pointwise":
+        if route != "winograd":
             kernel, geometry = torch.ops.videoconv._conv3d_pointwise_cpu.default, stride
         else:
             kernel, geometry = torch.ops.videoconv._conv3d_winograd_cpu.default, padding
