@@ -378,8 +378,8 @@ __attribute__((noinline)) void tile_avx2(const float* const* rows, const float* 
 // not a multiple of 8). Loads of a partial vector go through a buffer (rare: only shift, and a
 // residual, whose widths in the zoo are multiples of 8). Stores of one are written in pieces of
 // 4, 2 and 1 values: X3D-S's 54-channel layers store a partial vector on every output row, where
-// a variable-length memcpy per row cost more than the row's arithmetic, and AVX2's masked store
-// (vmaskmovps) is slow on AMD CPUs.
+// a variable-length memcpy per row cost more than the row's arithmetic (not tried instead: AVX2's
+// masked store, vmaskmovps, which Agner Fog's tables list as many micro-ops on AMD's Zen cores).
 template <typename T>
 inline vec16::vf8 load8(const T* p, int64_t valid) {
   return valid == 8 ? vec16::load<vec16::vf8>(p) : vec16::load_first<vec16::vf8>(p, valid);

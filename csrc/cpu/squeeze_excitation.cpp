@@ -332,7 +332,9 @@ at::Tensor scale_act_cpu(const at::Tensor& x, const at::Tensor& s, c10::string_v
 
 // For the tests: the vector width the width-templated loops use (vec16.h, "Vector width"):
 // 8 or 16 forces it, 0 lets the CPU decide. Returns the previous setting. Either width computes
-// the same values; the tests check both against the reference on any CPU.
+// the same values; the tests check both against the reference on any CPU. 8 also selects the AVX2
+// variant of the 1x1x1 kernel on an AVX-512 CPU (conv3d_pointwise.cpp), whose packed weights the
+// Python side then builds for that variant.
 int64_t cpu_vector_lanes(int64_t lanes) {
   TORCH_CHECK(lanes == 0 || lanes == 8 || lanes == 16,
               "_cpu_vector_lanes: lanes must be 0 (automatic), 8 or 16, got ", lanes);

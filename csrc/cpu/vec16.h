@@ -1,5 +1,6 @@
 // 16 (or 8) float lanes as one value, for the element-wise and transform loops of the CPU
-// kernels (conv3d_winograd.cpp, squeeze_excitation.cpp): GCC vector types, loads and stores for
+// kernels (conv3d_winograd.cpp, squeeze_excitation.cpp, the AVX2 epilogue of
+// conv3d_pointwise.cpp): GCC vector types, loads and stores for
 // float32 and bfloat16, relu, and a vectorised exp. Internal linkage (static), so that each file's
 // multi-versioned (target_clones) loops inline their own copies; forced_lanes is the exception,
 // one flag for the whole library.
@@ -51,7 +52,8 @@ typedef float vf8 __attribute__((vector_size(32)));
 // - bit casts are vector casts, not std::memcpy.
 //
 // forced_lanes: 0 (the CPU decides), 8 or 16; set by videoconv::_cpu_vector_lanes
-// (squeeze_excitation.cpp) so that the tests run both widths on any CPU.
+// (squeeze_excitation.cpp) so that the tests run both widths on any CPU. 8 also makes an AVX-512
+// CPU run the AVX2 variant of the 1x1x1 kernel (conv3d_pointwise.cpp, pointwise_variant()).
 inline std::atomic<int> forced_lanes{0};
 
 static inline bool wide_vectors() {
