@@ -22,6 +22,11 @@ def test_info_lists_versions_devices_extension_and_backends():
     assert f"torch     {torch.__version__}" in out
     assert "devices:" in out and "cpu:" in out
     assert "extension videoconv._C:" in out
+    if "videoconv._C: loaded" in out:  # and which 1x1x1 kernel variant this CPU runs
+        from videoconv.backends import cpu as cpu_backend
+
+        variant = cpu_backend._pointwise_variant()
+        assert f"cpu 1x1x1 kernel: {variant or 'none'}" in out
     assert "backends (in priority order):" in out
     assert "reference  can run" in out
 

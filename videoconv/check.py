@@ -98,8 +98,9 @@ def cases(quick: bool = False) -> List[Case]:
         # of 16
         Case(c3, 1, 16, 23, (4, 10, 10), (3, 3, 3), (1, 1, 1), (1, 1, 1), activation="silu",
              residual=True),
-        # the cpu backend's 1x1x1 kernel (C_in >= 32, channels_last_3d; more than 64 output
-        # positions, so not the small GEMM), strided, with a C_out that is not a multiple of 16
+        # the cpu backend's 1x1x1 kernel (channels_last_3d, C_in >= 32 on AVX-512; more than 64
+        # output positions, so not the small GEMM), strided, with a C_out that is not a multiple
+        # of 16
         Case(c3, 1, 48, 40, (3, 9, 9), (1, 1, 1), (1, 2, 2), (0, 0, 0), residual=True),
     ]
     # conv3d_bn_stats (training-mode BatchNorm): the convolution features that change how the

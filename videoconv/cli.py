@@ -58,6 +58,10 @@ def _info(args: argparse.Namespace) -> int:
     print()
     if extension_loaded():
         print(f"extension videoconv._C: loaded ({extension_build_info()})")
+        from .backends import cpu as cpu_backend
+
+        variant = cpu_backend._pointwise_variant()
+        print(f"  cpu 1x1x1 kernel: {variant or 'none on this CPU (oneDNN runs those layers)'}")
     else:
         print(f"extension videoconv._C: NOT loaded: {extension_error()}")
         print("  the package works without it: operators are declared from Python and run on the")
