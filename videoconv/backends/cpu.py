@@ -570,7 +570,14 @@ def _prepare(weight, scale, shift, stride, padding, dilation, groups, activation
             if residual is not None:
                 residual = residual.contiguous(memory_format=torch.channels_last_3d)
             return finish(kernel(x, packed, bias, geometry, activation, residual))
-        return conv_kernel
+
+        def conv_kernel_cl(x, residual):
+            # The kernels write channels_last_3d: nothing to convert (a tiny SE conv's whole
+            # budget is ~10 µs; the no-op contiguous() and the extra call were ~0.5 µs of it).
+            if residual is not None:
+                residual = residual.contiguous(memory_format=torch.channels_last_3d)
+            return kernel(x, packed, bias, geometry, activation, residual)
+        return conv_kernel_cl if final is False or final == torch.channels_last_3d else conv_kernel
 
     unary = _ONEDNN_ACT[activation]
 
