@@ -1,7 +1,8 @@
 """The cpu backend's 1x1x1 kernel against oneDNN, layer by layer, in one process
 (csrc/cpu/conv3d_pointwise.cpp; the limits in videoconv/backends/cpu.py come from this).
 
-    python benchmarks/pointwise_ab.py [--models x3d_s r3d_18 r2plus1d_18] [--dtypes float32 bfloat16]
+    python benchmarks/pointwise_ab.py [--models x3d_s r3d_18 r2plus1d_18]
+                                      [--dtypes float32 bfloat16]
     python benchmarks/pointwise_ab.py --whole [--models x3d_s] [--dtypes bfloat16]
 
 For every distinct 1x1x1 Conv3d + BN + activation of the models (batch 1, standard clip,
@@ -108,13 +109,15 @@ def main() -> None:
                 res = (torch.randn(layer.output_shape).to(dtype).contiguous(memory_format=cl)
                        if layer.residual else None)
                 with torch.no_grad():
-                    calls = {"kernel": _prepare(layer, dtype, True), "onednn": _prepare(layer, dtype, False)}
+                    calls = {"kernel": _prepare(layer, dtype, True),
+                             "onednn": _prepare(layer, dtype, False)}
                     fns = {k: (lambda f=f: f(x, res)) for k, f in calls.items()}
                     for f in fns.values():
                         f()
                     t = time_interleaved(fns, min_run_time=args.min_run_time)
                 k, o = t["kernel"].median_ms * 1e3, t["onednn"].median_ms * 1e3
-                print(f"{layer.label[:58]:58s} {name:8s} {k:10.1f} {o:10.1f} {o / k:6.2f}", flush=True)
+                print(f"{layer.label[:58]:58s} {name:8s} {k:10.1f} {o:10.1f} {o / k:6.2f}",
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -98,6 +98,11 @@ CASES = {
     "stride_1_2_2": (2, 32, 24, (3, 9, 7), (1, 2, 2)),
     "stride_2_2_2": (1, 16, 64, (5, 8, 11), (2, 2, 2)),
     "stride_2_big": (2, 40, 70, (6, 30, 29), (2, 2, 2)),
+    # one position (a head on a pooled map): the AVX2 kernel's one-row pass, over column blocks
+    # of 64, 64, 64 and 16 channels (C_out 200) and of 48 and 32 (C_out 40 and 32)
+    "one_row_200": (1, 37, 200, (1, 1, 1), (1, 1, 1)),
+    "one_row_40": (1, 24, 40, (1, 1, 1), (1, 1, 1)),
+    "one_row_32": (1, 9, 32, (1, 1, 1), (1, 1, 1)),
 }
 
 

@@ -310,8 +310,9 @@ def _use_winograd(key) -> bool:
 POINTWISE = os.environ.get("VIDEOCONV_CPU_POINTWISE", "1") != "0"
 
 #: Limits of the 1x1x1 kernel's AVX-512 variant (:func:`_use_pointwise`), from timings on this
-#: project's 2-core AMD EPYC (Zen 4, AVX-512 BF16, no AMX) against oneDNN's brgconv_1x1, same process, kernel
-#: call alone (inside a model the kernel also saves most of oneDNN's ~30-60 µs set-up per call):
+#: project's 2-core AMD EPYC (Zen 4, AVX-512 BF16, no AMX) against oneDNN's brgconv_1x1, same
+#: process, kernel call alone (inside a model the kernel also saves most of oneDNN's ~30-60 µs
+#: set-up per call):
 #:
 #: * bfloat16: 1.10-1.24x on X3D-S's 1x1x1 convolutions with C_in >= 48 and R3D-18's 256 -> 512
 #:   shortcut, 0.97-1.01x on the 64/128-channel stride-2 shortcuts of R3D-18 at 8x56x56 and
@@ -408,7 +409,8 @@ def _pointwise_route(dtype: torch.dtype) -> str:
     return "pointwise"
 
 
-def _pointwise_weight(folded: torch.Tensor, dtype: torch.dtype, widened: bool = False) -> torch.Tensor:
+def _pointwise_weight(folded: torch.Tensor, dtype: torch.dtype,
+                      widened: bool = False) -> torch.Tensor:
     """The 1x1x1 kernel's packed weight from the folded float64 (C_out, C_in, 1, 1, 1) weight,
     rounded once to ``dtype``: one flat tensor of column blocks of 64 output channels (the last
     one narrower), each block [K step][block width] (float32: a step is one input channel) or
@@ -460,9 +462,9 @@ def _winograd_weight(folded: torch.Tensor) -> torch.Tensor:
 def _pack(weight, scale, shift, cache_key):
     # cache_key = (key, route): the route ("winograd", "pointwise", "pointwise-f32" (the AVX2
     # 1x1x1 kernel computing a bfloat16 convolution in float32), "onednn" or "onednn-f32" (oneDNN
-    # doing the same)) is part of what the cache compares,
-    # so that a weight packed for one kernel is never handed to another after WINOGRAD,
-    # POINTWISE or a limit is changed at run time.
+    # doing the same)) is part of what the cache compares, so that a weight packed for one
+    # kernel is never handed to another after WINOGRAD, POINTWISE, a limit or the vector width
+    # (_cpu_vector_lanes) is changed at run time.
     key, route = cache_key
     _, stride, padding, dilation, groups, input_size = key
     dtype = weight.dtype
