@@ -36,10 +36,11 @@ def _prepare(layer, dtype, pointwise: bool):
     scale, shift = fold_conv_bn(conv, bn)
     weight = conv.weight.detach().to(dtype)
     limits = ("POINTWISE", "_POINTWISE_MIN_CHANNELS", "_POINTWISE_MAX_ROWS_F32",
-              "_POINTWISE_AVX2_MAX_OUTPUT_F32", "_POINTWISE_AVX2_EXPANSION_OUTPUT_BF16")
+              "_POINTWISE_AVX2_MAX_OUTPUT_F32", "_POINTWISE_AVX2_EXPANSION_OUTPUT_BF16",
+              "_POINTWISE_AVX2_BF16_NATIVE_ONEDNN")
     saved = {name: getattr(cpu, name) for name in limits}
     # every 1x1x1 layer through the kernel (or none): the limits are what this measures
-    for name, value in zip(limits, (pointwise, 1, 1 << 62, 1 << 62, 1 << 62)):
+    for name, value in zip(limits, (pointwise, 1, 1 << 62, 1 << 62, 1 << 62, True)):
         setattr(cpu, name, value)
     try:
         return cpu._prepare(weight, scale.to(dtype), shift.to(dtype), conv.stride, conv.padding,

@@ -344,8 +344,14 @@ _POINTWISE_MAX_ROWS_F32 = 2048
 #:   expansions (C_out >= 2 C_in) with >= 500k output values (24 -> 54 and 24 -> 108 at
 #:   13x40x40, 48 -> 216 at 13x20x20, 96 -> 432 at 13x10x10), output-bound as in float32.
 #:   Hence not those (_POINTWISE_AVX2_EXPANSION_OUTPUT_BF16).
+#:
+#: Those bfloat16 figures are against the widened route. CPUs with AVX-512 but not AVX512-BF16
+#: (Skylake-X, Ice Lake) also run this variant, and there oneDNN has a bfloat16 convolution of
+#: its own, which this kernel was not measured against (no such machine here): oneDNN keeps
+#: those layers unless _POINTWISE_AVX2_BF16_NATIVE_ONEDNN says otherwise.
 _POINTWISE_AVX2_MAX_OUTPUT_F32 = 300_000
 _POINTWISE_AVX2_EXPANSION_OUTPUT_BF16 = 500_000
+_POINTWISE_AVX2_BF16_NATIVE_ONEDNN = False
 _POINTWISE_LANES = 16  # the kernel's channel vector (csrc/cpu/conv3d_pointwise.cpp)
 _POINTWISE_BLOCK = 64  # the kernel's column block: four vectors
 
@@ -392,6 +398,8 @@ def _use_pointwise(key) -> bool:
         if _is_small_gemm(key):
             return True
         if dtype == torch.bfloat16:
+            if not (_widened(dtype) or _POINTWISE_AVX2_BF16_NATIVE_ONEDNN):
+                return False
             expansion = c_out >= 2 * c_in and tuple(stride) == (1, 1, 1)
             return not (expansion and rows * c_out >= _POINTWISE_AVX2_EXPANSION_OUTPUT_BF16)
         return rows * c_out <= _POINTWISE_AVX2_MAX_OUTPUT_F32
