@@ -386,3 +386,108 @@ def test_bfloat16_statistics_without_onednn_support(layout, _onednn_without_bflo
     torch.testing.assert_close(mean.double(), zd.mean((0, 2, 3, 4)), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(var.double(), zd.var((0, 2, 3, 4), unbiased=False), atol=1e-5,
                                rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# temporal (kt, 1, 1) convolutions as 2-D (kt, 1) convolutions over (D, H*W) (route "onednn-2d")
+
+# (name, N, C_in, C_out, (D, H, W), kt, temporal stride, temporal padding, temporal dilation)
+TEMPORAL_2D_CASES = [
+    ("r2plus1d_t3", 2, 16, 24, (6, 5, 7), 3, 1, 1, 1),
+    ("downsample_s2_odd_cout", 1, 24, 20, (9, 4, 3), 3, 2, 1, 1),
+    ("slowfast_t5_dilated", 1, 8, 8, (11, 3, 3), 5, 1, 4, 2),
+    ("unpadded_single_row", 2, 8, 5, (5, 1, 6), 3, 1, 0, 1),
+]
+
+
+@pytest.fixture
+def _fresh_pack_cache():
+    cpu_backend.pack_cache.clear()
+    yield
+    cpu_backend.pack_cache.clear()
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("dtype", CPU_DTYPES, ids=_ids)
+@pytest.mark.parametrize("case", TEMPORAL_2D_CASES, ids=[c[0] for c in TEMPORAL_2D_CASES])
+def test_temporal_convs_run_as_2d_and_match_float64(case, dtype, with_residual, act,
+                                                    _fresh_pack_cache):
+    """The (D, H*W) view: input, residual and output are views of the channels_last_3d tensors,
+    the result is the 3-D convolution's (against float64), in channels_last_3d."""
+    if cpu_backend._widened(dtype):
+        pytest.skip("oneDNN has no bfloat16 convolution on this CPU (the widened route runs)")
+    _, n, c_in, c_out, (d, h, w), kt, st, pt, dt = case
+    g = torch.Generator().manual_seed(5)
+    cl = torch.channels_last_3d
+    x = torch.randn(n, c_in, d, h, w, generator=g).to(dtype).contiguous(memory_format=cl)
+    wt = (torch.randn(c_out, c_in, kt, 1, 1, generator=g) / kt).to(dtype)
+    scale = (torch.rand(c_out, generator=g) + 0.5).to(dtype)
+    shift = torch.randn(c_out, generator=g).to(dtype)
+    d_out = (d + 2 * pt - dt * (kt - 1) - 1) // st + 1
+    residual = (torch.randn(n, c_out, d_out, h, w, generator=g).to(dtype)
+                .contiguous(memory_format=cl) if with_residual else None)
+    stride, padding, dilation = (st, 1, 1), (pt, 0, 0), (dt, 1, 1)
+    with backends.use("cpu"):
+        y = conv3d_bn_act(x, wt, scale, shift, stride, padding, dilation, 1, act, residual)
+    assert _routes() == {"onednn-2d"}
+    assert list(y.shape) == [n, c_out, d_out, h, w] and y.dtype == dtype
+    assert y.is_contiguous(memory_format=cl)
+    expected = oracle_conv3d_bn_act(x, wt, scale, shift, stride, padding, dilation, 1, act,
+                                    residual)
+    atol, rtol = _TOL[dtype]
+    torch.testing.assert_close(y.double(), expected, atol=atol, rtol=rtol)
+
+
+def test_temporal_2d_route_in_modules_and_2plus1d_units(_fresh_pack_cache):
+    """The prepared call of an eval Conv3dBNAct and the second conv of a (2+1)D unit take the
+    route, and give the float64 module chain's result."""
+    import torch.nn as nn
+
+    from videoconv.nn import Conv2Plus1dBNAct, Conv3dBNAct
+
+    torch.manual_seed(7)
+    cl = torch.channels_last_3d
+    conv = nn.Conv3d(16, 24, (3, 1, 1), stride=(2, 1, 1), padding=(1, 0, 0), bias=False)
+    bn = nn.BatchNorm3d(24)
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    chain = nn.Sequential(conv, bn, nn.ReLU()).eval()
+    fused = Conv3dBNAct.from_modules(conv, bn, nn.ReLU()).eval()
+    unit_chain = nn.Sequential(
+        nn.Conv3d(16, 32, (1, 3, 3), padding=(0, 1, 1), bias=False), nn.BatchNorm3d(32), nn.ReLU(),
+        nn.Conv3d(32, 16, (3, 1, 1), padding=(1, 0, 0), bias=False), nn.BatchNorm3d(16), nn.ReLU(),
+    ).eval()
+    unit = Conv2Plus1dBNAct.from_modules(*unit_chain).eval()
+    x = torch.randn(2, 16, 8, 6, 6).contiguous(memory_format=cl)
+    with torch.no_grad(), backends.use("cpu"):
+        for _ in range(2):  # the second call runs the prepared call
+            y = fused(x)
+            z = unit(x)
+        expected_y = chain.double()(x.double())
+        expected_z = unit_chain.double()(x.double())
+    assert "onednn-2d" in _routes()
+    assert y.is_contiguous(memory_format=cl) and z.is_contiguous(memory_format=cl)
+    torch.testing.assert_close(y.double(), expected_y, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(z.double(), expected_z, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("weight, stride, padding, dilation, groups, fmt, expected", [
+    ((24, 16, 3, 1, 1), (1, 1, 1), (1, 0, 0), (1, 1, 1), 1, "cl3d", True),
+    ((24, 16, 5, 1, 1), (2, 1, 1), (4, 0, 0), (2, 1, 1), 1, "cl3d", True),
+    ((24, 16, 3, 1, 1), (1, 1, 1), (1, 0, 0), (1, 1, 1), 1, "ncdhw", False),  # not a 2-D view
+    ((24, 16, 3, 1, 1), (1, 2, 2), (1, 0, 0), (1, 1, 1), 1, "cl3d", False),  # spatial stride
+    ((24, 16, 3, 1, 1), (1, 1, 1), (1, 1, 0), (1, 1, 1), 1, "cl3d", False),  # would pad the row
+    ((24, 8, 3, 1, 1), (1, 1, 1), (1, 0, 0), (1, 1, 1), 2, "cl3d", False),   # grouped: unmeasured
+    ((16, 1, 3, 1, 1), (1, 1, 1), (1, 0, 0), (1, 1, 1), 16, "cl3d", False),  # depthwise
+    ((24, 16, 1, 1, 1), (2, 1, 1), (0, 0, 0), (1, 1, 1), 1, "cl3d", False),  # 1x1x1
+    ((24, 16, 1, 3, 3), (1, 1, 1), (0, 1, 1), (1, 1, 1), 1, "cl3d", False),  # spatial
+])
+def test_which_convs_run_as_2d(weight, stride, padding, dilation, groups, fmt, expected,
+                               monkeypatch):
+    monkeypatch.setattr(cpu_backend, "TEMPORAL_2D", True)
+    key = ((torch.float32, torch.device("cpu"), LAYOUTS[fmt], weight), stride, padding, dilation,
+           groups, (2, 16, 8, 6, 6))
+    assert cpu_backend._use_temporal_2d(key) is expected
+    monkeypatch.setattr(cpu_backend, "TEMPORAL_2D", False)
+    assert not cpu_backend._use_temporal_2d(key)
