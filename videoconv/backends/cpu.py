@@ -50,11 +50,12 @@ Temporal convolutions, a (kt, 1, 1) kernel with spatial stride 1 (R(2+1)D's seco
 SlowFast's temporal bottlenecks), run on oneDNN as the 2-D (kt, 1) convolution they are over a
 (D, H*W) image (:func:`_use_temporal_2d`): a channels_last_3d (N, C, D, H, W) tensor *is* a
 channels_last (N, C, D, H*W) one, so the input, the residual and the output are views, and the
-result is the same bits (same kernel arithmetic, same accumulation order per output). oneDNN
-picks a better-blocked 2-D kernel for one long row than its 3-D kernel for H x W tiles:
-1.02-1.12x in bfloat16 and 1.00-1.09x in float32 on R(2+1)D-18's temporal convs (measured on
-the project's AMD EPYC Zen 5, prepared calls in turns). Spatial (1, kh, kw) convs viewed as 2-D
-over N*D images gained nothing there (0.84-1.03x), so they stay 3-D.
+arithmetic is the same (one convolution, float32 accumulation, the same epilogue; on the shapes
+measured the results were bit-identical). oneDNN blocks one long row a little better than H x W
+tiles: ``benchmarks/temporal_2d_ab.py`` on the project's AMD EPYC Zen 5 gave 1.07x on
+R(2+1)D-18's 144 -> 64 convs at 16x56x56 in bfloat16, 0.98-1.09x on its other temporal convs,
+and 1.03x on the whole model in float32 (level in bfloat16). Spatial (1, kh, kw) convs viewed as
+2-D over N*D images gained nothing there (0.84-1.03x), so they stay 3-D.
 
 float32 and bfloat16 only (float16 convolutions fail on CPUs without AVX512-FP16/AMX-FP16; float64
 is the reference backend's job). The output has the input's memory format, as in every backend.

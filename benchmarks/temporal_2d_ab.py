@@ -1,0 +1,149 @@
+"""The cpu backend's temporal convolutions as 2-D convolutions against the 3-D oneDNN call, in one
+process (route "onednn-2d", ``_use_temporal_2d`` in videoconv/backends/cpu.py).
+
+    python benchmarks/temporal_2d_ab.py [--models r2plus1d_18] [--dtypes float32 bfloat16]
+    python benchmarks/temporal_2d_ab.py --whole [--models r2plus1d_18] [--dtypes bfloat16]
+
+For every distinct (kt, 1, 1) convolution of the models' fused layers (batch 1, standard clip,
+channels_last_3d; the second conv of R(2+1)D's units) it prepares the cpu backend's call twice,
+once over the (D, H*W) view and once as the 3-D convolution, and times both in turns
+(``time_interleaved``). Prints the medians and the ratio 3-D / 2-D (> 1: the view is faster).
+
+``--whole`` times whole fused models (eval forward), with and without the route, and the eager
+model, in turns. The (2+1)D units choose their route on every call, so each timed call sets
+``TEMPORAL_2D`` first.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from videoconv.backends import cpu
+from videoconv.bench.layers import trace_layers
+from videoconv.bench.timing import time_interleaved
+from videoconv.nn.folding import fold_conv_bn
+
+
+def _temporal_convs(layer):
+    """(conv, bn, input shape) of the layer's (kt, 1, 1) convs that qualify for the route."""
+    module = layer.module
+    if layer.kind == "conv3d_bn_act":
+        pairs = [(module._get("conv"), module._get("bn") if hasattr(module, "bn") else None,
+                  layer.input_shape)]
+    else:  # a (2+1)D unit: the temporal conv's input is the spatial conv's output
+        conv1, conv2 = module._get("conv1"), module._get("conv2")
+        with torch.no_grad():
+            h = torch.nn.functional.conv3d(torch.empty(layer.input_shape, device="meta"),
+                                           conv1.weight.to("meta"), None, conv1.stride,
+                                           conv1.padding, conv1.dilation, conv1.groups)
+        pairs = [(conv1, module._get("bn1"), layer.input_shape),
+                 (conv2, module._get("bn2"), tuple(h.shape))]
+    out = []
+    for conv, bn, shape in pairs:
+        key = ((torch.float32, torch.device("cpu"), torch.channels_last_3d,
+                tuple(conv.weight.shape)), tuple(conv.stride), tuple(conv.padding),
+               tuple(conv.dilation), conv.groups, tuple(shape))
+        saved, cpu.TEMPORAL_2D = cpu.TEMPORAL_2D, True
+        try:
+            if cpu._use_temporal_2d(key):
+                out.append((conv, bn, tuple(shape)))
+        finally:
+            cpu.TEMPORAL_2D = saved
+    return out
+
+
+def _prepare(conv, bn, shape, dtype, activation, as_2d: bool):
+    scale, shift = fold_conv_bn(conv, bn)
+    saved, cpu.TEMPORAL_2D = cpu.TEMPORAL_2D, as_2d
+    try:
+        return cpu._prepare(conv.weight.detach().to(dtype), scale.to(dtype), shift.to(dtype),
+                            conv.stride, conv.padding, conv.dilation, conv.groups, activation,
+                            torch.channels_last_3d, shape)
+    finally:
+        cpu.TEMPORAL_2D = saved
+
+
+def _whole(models, dtypes, min_run_time) -> None:
+    import videoconv
+    from videoconv import models as zoo
+
+    cl = torch.channels_last_3d
+    for model in models:
+        spec = zoo.get_model_spec(model)
+        for name in dtypes:
+            dtype = getattr(torch, name)
+            torch.manual_seed(0)
+            eager = zoo.get_model(model).eval().to(dtype=dtype, memory_format=cl)
+            x = torch.randn((1,) + tuple(spec.input_shape)).to(dtype).contiguous(memory_format=cl)
+            saved = cpu.TEMPORAL_2D
+
+            def run(fused, as_2d):
+                cpu.TEMPORAL_2D = as_2d
+                return fused(x)
+
+            fns = {}
+            with torch.no_grad():
+                try:
+                    for label, as_2d in (("fused, 2-D", True), ("fused, 3-D", False)):
+                        fused = videoconv.fuse(eager)
+                        run(fused, as_2d)
+                        run(fused, as_2d)
+                        fns[label] = lambda f=fused, a=as_2d: run(f, a)
+                    fns["eager"] = lambda: eager(x)
+                    eager(x)
+                    t = time_interleaved(fns, min_run_time=min_run_time)
+                finally:
+                    cpu.TEMPORAL_2D = saved
+            line = ", ".join(f"{k} {v.median_ms:.1f} ms" for k, v in t.items())
+            print(f"{model} {name}: {line}; 3-D / 2-D "
+                  f"{t['fused, 3-D'].median_ms / t['fused, 2-D'].median_ms:.2f}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["r2plus1d_18"])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--min-run-time", type=float, default=1.0)
+    parser.add_argument("--whole", action="store_true", help="whole fused models, not layers")
+    args = parser.parse_args()
+    print(f"cpu capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    if args.whole:
+        _whole(args.models, args.dtypes, max(args.min_run_time, 8.0))
+        return
+    cl = torch.channels_last_3d
+    print(f"{'temporal conv':52s} {'dtype':8s} {'2-D ms':>8s} {'3-D ms':>8s} {'3-D/2-D':>8s}")
+    seen = set()
+    for model in args.models:
+        for layer in trace_layers(model):
+            for conv, bn, shape in _temporal_convs(layer):
+                label = (f"{model} {conv.in_channels}->{conv.out_channels} "
+                         f"{'x'.join(map(str, conv.kernel_size))} s{conv.stride[0]} "
+                         f"@{'x'.join(map(str, shape[2:]))}")
+                residual_shape = None
+                if layer.residual and layer.kind == "conv2plus1d_bn_act":
+                    residual_shape = layer.output_shape
+                if (label, residual_shape) in seen:
+                    continue
+                seen.add((label, residual_shape))
+                for name in args.dtypes:
+                    dtype = getattr(torch, name)
+                    x = torch.randn(shape).to(dtype).contiguous(memory_format=cl)
+                    res = (None if residual_shape is None else
+                           torch.randn(residual_shape).to(dtype).contiguous(memory_format=cl))
+                    with torch.no_grad():
+                        calls = {"2d": _prepare(conv, bn, shape, dtype, layer.module.activation, True),
+                                 "3d": _prepare(conv, bn, shape, dtype, layer.module.activation, False)}
+                        fns = {k: (lambda f=f: f(x, res)) for k, f in calls.items()}
+                        for f in fns.values():
+                            f()
+                        t = time_interleaved(fns, min_run_time=args.min_run_time)
+                    a, b = t["2d"].median_ms, t["3d"].median_ms
+                    tag = label + (" +res" if res is not None else "")
+                    print(f"{tag[:52]:52s} {name:8s} {a:8.3f} {b:8.3f} {b / a:8.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
