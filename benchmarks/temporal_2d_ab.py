@@ -27,28 +27,29 @@ from videoconv.nn.folding import fold_conv_bn
 
 
 def _temporal_convs(layer):
-    """(conv, bn, input shape) of the layer's (kt, 1, 1) convs that qualify for the route."""
+    """(conv, bn, input shape, last) of the layer's (kt, 1, 1) convs that qualify for the route;
+    ``last``: the conv that produces the layer's output (and adds its residual)."""
     module = layer.module
     if layer.kind == "conv3d_bn_act":
         pairs = [(module._get("conv"), module._get("bn") if hasattr(module, "bn") else None,
-                  layer.input_shape)]
+                  layer.input_shape, True)]
     else:  # a (2+1)D unit: the temporal conv's input is the spatial conv's output
         conv1, conv2 = module._get("conv1"), module._get("conv2")
         with torch.no_grad():
             h = torch.nn.functional.conv3d(torch.empty(layer.input_shape, device="meta"),
                                            conv1.weight.to("meta"), None, conv1.stride,
                                            conv1.padding, conv1.dilation, conv1.groups)
-        pairs = [(conv1, module._get("bn1"), layer.input_shape),
-                 (conv2, module._get("bn2"), tuple(h.shape))]
+        pairs = [(conv1, module._get("bn1"), layer.input_shape, False),
+                 (conv2, module._get("bn2"), tuple(h.shape), True)]
     out = []
-    for conv, bn, shape in pairs:
+    for conv, bn, shape, last in pairs:
         key = ((torch.float32, torch.device("cpu"), torch.channels_last_3d,
                 tuple(conv.weight.shape)), tuple(conv.stride), tuple(conv.padding),
                tuple(conv.dilation), conv.groups, tuple(shape))
         saved, cpu.TEMPORAL_2D = cpu.TEMPORAL_2D, True
         try:
             if cpu._use_temporal_2d(key):
-                out.append((conv, bn, tuple(shape)))
+                out.append((conv, bn, tuple(shape), last))
         finally:
             cpu.TEMPORAL_2D = saved
     return out
@@ -118,13 +119,11 @@ def main() -> None:
     seen = set()
     for model in args.models:
         for layer in trace_layers(model):
-            for conv, bn, shape in _temporal_convs(layer):
+            for conv, bn, shape, last in _temporal_convs(layer):
                 label = (f"{model} {conv.in_channels}->{conv.out_channels} "
                          f"{'x'.join(map(str, conv.kernel_size))} s{conv.stride[0]} "
                          f"@{'x'.join(map(str, shape[2:]))}")
-                residual_shape = None
-                if layer.residual and layer.kind == "conv2plus1d_bn_act":
-                    residual_shape = layer.output_shape
+                residual_shape = tuple(layer.output_shape) if layer.residual and last else None
                 if (label, residual_shape) in seen:
                     continue
                 seen.add((label, residual_shape))
@@ -133,9 +132,10 @@ def main() -> None:
                     x = torch.randn(shape).to(dtype).contiguous(memory_format=cl)
                     res = (None if residual_shape is None else
                            torch.randn(residual_shape).to(dtype).contiguous(memory_format=cl))
+                    act = layer.module.activation
                     with torch.no_grad():
-                        calls = {"2d": _prepare(conv, bn, shape, dtype, layer.module.activation, True),
-                                 "3d": _prepare(conv, bn, shape, dtype, layer.module.activation, False)}
+                        calls = {"2d": _prepare(conv, bn, shape, dtype, act, True),
+                                 "3d": _prepare(conv, bn, shape, dtype, act, False)}
                         fns = {k: (lambda f=f: f(x, res)) for k, f in calls.items()}
                         for f in fns.values():
                             f()

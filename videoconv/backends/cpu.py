@@ -55,7 +55,7 @@ measured the results were bit-identical). oneDNN blocks one long row a little be
 tiles: ``benchmarks/temporal_2d_ab.py`` on the project's AMD EPYC Zen 5 gave 1.07x on
 R(2+1)D-18's 144 -> 64 convs at 16x56x56 in bfloat16, 0.98-1.09x on its other temporal convs,
 and 1.03x on the whole model in float32 (level in bfloat16). Spatial (1, kh, kw) convs viewed as
-2-D over N*D images gained nothing there (0.84-1.03x), so they stay 3-D.
+2-D over N*D images gained nothing there (0.84-1.03x, an ad-hoc measurement), so they stay 3-D.
 
 float32 and bfloat16 only (float16 convolutions fail on CPUs without AVX512-FP16/AMX-FP16; float64
 is the reference backend's job). The output has the input's memory format, as in every backend.
