@@ -23,9 +23,17 @@
 //   y = act(A^T M A + shift [+ residual])  the 4x4 outputs, written straight to y
 // U[kt][p] = (G g G^T)[p] with the BN scale already folded into g, computed once per weight in
 // float64 by the Python side (videoconv/backends/cpu.py, _winograd_weight) and cached.
-// The block's V (36 x tiles x Ci) and M (36 x tiles x Co) float32 buffers are sized to stay in
-// L2 (32 tiles: 295 KB and 663 KB for Ci = 64, Co = 144), so the transforms and GEMMs touch
-// memory only for the input, U and the output.
+// The block's V (36 x tiles x Ci) and M (36 x tiles x Co) float32 buffers are per thread and
+// reused block after block (64 tiles: 590 KB and 1.3 MB for Ci = 64, Co = 144, in L2 and L3).
+// Block size, measured on the project's AMD EPYC Zen 5 (1 MB L2 per core), 64 against 32 tiles
+// (benchmarks/winograd_ab.py, two builds of each alternating; each layer's Winograd/oneDNN ratio
+// from the same run, averaged over the two runs): bfloat16 1.08-1.13x on the 16x56x56 layers of
+// r3d_18 / r2plus1d_18 (the 64 -> 144 1x3x3 conv: ~9.5 -> 7.6 ms), 0.98-1.10x at 8x28x28,
+// float32 0.96-1.15x; 128 tiles lost again on the 8x28x28 layers (392 tiles: too few blocks
+// for two threads). Each block reads all 36 of U's (Ci x Co) planes once, so twice the tiles
+// per block halves that traffic, at the cost of V and M no longer fitting L2 together. The 32
+// chosen first had been sized for L2 on Zen 4, not timed against 64; Zen 4 and AVX2-only CPUs
+// were not re-measured with 64.
 //
 // Layout: channels_last_3d input, residual and output (the channel vector of a position is
 // contiguous, and the transforms run on 16 channels at a time, as GCC vector values). C_in must
@@ -56,7 +64,7 @@ namespace {
 
 using namespace vec16;
 
-constexpr int64_t kTileBlock = 32;  // output tiles per GEMM block (see the L2 note above)
+constexpr int64_t kTileBlock = 64;  // output tiles per GEMM block (see the note above)
 
 // B^T (6x6) of the input transform: o = B^T d for six vectors.
 inline void input_transform6(const vf16* d, vf16* o) {
