@@ -23,46 +23,29 @@ import argparse
 
 import torch
 
+from ab_common import eager_model_and_clip, patched, prepare_conv, time_prepared
 from videoconv.backends import cpu
 from videoconv.bench.layers import trace_layers
 from videoconv.bench.timing import time_interleaved
-from videoconv.nn.folding import fold_conv_bn
 
 
 def _prepare(layer, dtype, pointwise: bool):
     module = layer.module
-    conv = module._get("conv")
     bn = module._get("bn") if hasattr(module, "bn") else None
-    scale, shift = fold_conv_bn(conv, bn)
-    weight = conv.weight.detach().to(dtype)
-    limits = ("POINTWISE", "_POINTWISE_MIN_CHANNELS", "_POINTWISE_MAX_ROWS_F32",
-              "_POINTWISE_AVX2_MAX_OUTPUT_F32", "_POINTWISE_AVX2_EXPANSION_OUTPUT_BF16",
-              "_POINTWISE_AVX2_BF16_NATIVE_ONEDNN")
-    saved = {name: getattr(cpu, name) for name in limits}
     # every 1x1x1 layer through the kernel (or none): the limits are what this measures
-    for name, value in zip(limits, (pointwise, 1, 1 << 62, 1 << 62, 1 << 62, True)):
-        setattr(cpu, name, value)
-    try:
-        return cpu._prepare(weight, scale.to(dtype), shift.to(dtype), conv.stride, conv.padding,
-                            conv.dilation, conv.groups, module.activation, torch.channels_last_3d,
-                            layer.input_shape)
-    finally:
-        for name, value in saved.items():
-            setattr(cpu, name, value)
+    with patched(cpu, POINTWISE=pointwise, _POINTWISE_MIN_CHANNELS=1,
+                 _POINTWISE_MAX_ROWS_F32=1 << 62, _POINTWISE_AVX2_MAX_OUTPUT_F32=1 << 62,
+                 _POINTWISE_AVX2_EXPANSION_OUTPUT_BF16=1 << 62,
+                 _POINTWISE_AVX2_BF16_NATIVE_ONEDNN=True):
+        return prepare_conv(module._get("conv"), bn, layer.input_shape, dtype, module.activation)
 
 
 def _whole(models, dtypes, min_run_time) -> None:
     import videoconv
-    from videoconv import models as zoo
 
-    cl = torch.channels_last_3d
     for model in models:
-        spec = zoo.get_model_spec(model)
         for name in dtypes:
-            dtype = getattr(torch, name)
-            torch.manual_seed(0)
-            eager = zoo.get_model(model).eval().to(dtype=dtype, memory_format=cl)
-            x = torch.randn((1,) + tuple(spec.input_shape)).to(dtype).contiguous(memory_format=cl)
+            eager, x = eager_model_and_clip(model, getattr(torch, name))
             fns = {}
             with torch.no_grad():
                 for label, enabled in (("fused, kernel", True), ("fused, oneDNN", False)):
@@ -109,13 +92,9 @@ def main() -> None:
                 x = torch.randn(layer.input_shape).to(dtype).contiguous(memory_format=cl)
                 res = (torch.randn(layer.output_shape).to(dtype).contiguous(memory_format=cl)
                        if layer.residual else None)
-                with torch.no_grad():
-                    calls = {"kernel": _prepare(layer, dtype, True),
-                             "onednn": _prepare(layer, dtype, False)}
-                    fns = {k: (lambda f=f: f(x, res)) for k, f in calls.items()}
-                    for f in fns.values():
-                        f()
-                    t = time_interleaved(fns, min_run_time=args.min_run_time)
+                calls = {"kernel": _prepare(layer, dtype, True),
+                         "onednn": _prepare(layer, dtype, False)}
+                t = time_prepared(calls, x, res, args.min_run_time)
                 k, o = t["kernel"].median_ms * 1e3, t["onednn"].median_ms * 1e3
                 print(f"{layer.label[:58]:58s} {name:8s} {k:10.1f} {o:10.1f} {o / k:6.2f}",
                       flush=True)

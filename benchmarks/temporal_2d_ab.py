@@ -20,10 +20,11 @@ import argparse
 
 import torch
 
+from ab_common import (conv_key, eager_model_and_clip, patched, prepare_conv,
+                       time_prepared)
 from videoconv.backends import cpu
 from videoconv.bench.layers import trace_layers
 from videoconv.bench.timing import time_interleaved
-from videoconv.nn.folding import fold_conv_bn
 
 
 def _temporal_convs(layer):
@@ -41,43 +42,22 @@ def _temporal_convs(layer):
                                            conv1.padding, conv1.dilation, conv1.groups)
         pairs = [(conv1, module._get("bn1"), layer.input_shape, False),
                  (conv2, module._get("bn2"), tuple(h.shape), True)]
-    out = []
-    for conv, bn, shape, last in pairs:
-        key = ((torch.float32, torch.device("cpu"), torch.channels_last_3d,
-                tuple(conv.weight.shape)), tuple(conv.stride), tuple(conv.padding),
-               tuple(conv.dilation), conv.groups, tuple(shape))
-        saved, cpu.TEMPORAL_2D = cpu.TEMPORAL_2D, True
-        try:
-            if cpu._use_temporal_2d(key):
-                out.append((conv, bn, tuple(shape), last))
-        finally:
-            cpu.TEMPORAL_2D = saved
-    return out
+    with patched(cpu, TEMPORAL_2D=True):
+        return [(conv, bn, tuple(shape), last) for conv, bn, shape, last in pairs
+                if cpu._use_temporal_2d(conv_key(conv, torch.float32, shape))]
 
 
 def _prepare(conv, bn, shape, dtype, activation, as_2d: bool):
-    scale, shift = fold_conv_bn(conv, bn)
-    saved, cpu.TEMPORAL_2D = cpu.TEMPORAL_2D, as_2d
-    try:
-        return cpu._prepare(conv.weight.detach().to(dtype), scale.to(dtype), shift.to(dtype),
-                            conv.stride, conv.padding, conv.dilation, conv.groups, activation,
-                            torch.channels_last_3d, shape)
-    finally:
-        cpu.TEMPORAL_2D = saved
+    with patched(cpu, TEMPORAL_2D=as_2d):
+        return prepare_conv(conv, bn, shape, dtype, activation)
 
 
 def _whole(models, dtypes, min_run_time) -> None:
     import videoconv
-    from videoconv import models as zoo
 
-    cl = torch.channels_last_3d
     for model in models:
-        spec = zoo.get_model_spec(model)
         for name in dtypes:
-            dtype = getattr(torch, name)
-            torch.manual_seed(0)
-            eager = zoo.get_model(model).eval().to(dtype=dtype, memory_format=cl)
-            x = torch.randn((1,) + tuple(spec.input_shape)).to(dtype).contiguous(memory_format=cl)
+            eager, x = eager_model_and_clip(model, getattr(torch, name))
             saved = cpu.TEMPORAL_2D
 
             def run(fused, as_2d):
@@ -133,13 +113,9 @@ def main() -> None:
                     res = (None if residual_shape is None else
                            torch.randn(residual_shape).to(dtype).contiguous(memory_format=cl))
                     act = layer.module.activation
-                    with torch.no_grad():
-                        calls = {"2d": _prepare(conv, bn, shape, dtype, act, True),
-                                 "3d": _prepare(conv, bn, shape, dtype, act, False)}
-                        fns = {k: (lambda f=f: f(x, res)) for k, f in calls.items()}
-                        for f in fns.values():
-                            f()
-                        t = time_interleaved(fns, min_run_time=args.min_run_time)
+                    calls = {"2d": _prepare(conv, bn, shape, dtype, act, True),
+                             "3d": _prepare(conv, bn, shape, dtype, act, False)}
+                    t = time_prepared(calls, x, res, args.min_run_time)
                     a, b = t["2d"].median_ms, t["3d"].median_ms
                     tag = label + (" +res" if res is not None else "")
                     print(f"{tag[:52]:52s} {name:8s} {a:8.3f} {b:8.3f} {b / a:8.2f}", flush=True)

@@ -18,13 +18,15 @@ import argparse
 
 import torch
 
+from ab_common import conv_key, patched, prepare_conv, time_prepared
 from videoconv.backends import cpu
 from videoconv.bench.layers import trace_layers
-from videoconv.bench.timing import time_interleaved
-from videoconv.nn.folding import fold_conv_bn
 
-_LIMITS = ("WINOGRAD", "_WINOGRAD_MIN_TILES_BF16", "_WINOGRAD_MIN_CHANNELS_BF16",
-           "_WINOGRAD_MAX_WEIGHT_BYTES")
+
+def _limits(winograd: bool):
+    """Every eligible shape through the kernel (or none): the limits are what this measures."""
+    return patched(cpu, WINOGRAD=winograd, _WINOGRAD_MIN_TILES_BF16=1,
+                   _WINOGRAD_MIN_CHANNELS_BF16=1, _WINOGRAD_MAX_WEIGHT_BYTES=1 << 62)
 
 
 def _convs(layer):
@@ -35,36 +37,14 @@ def _convs(layer):
     return [(module._get("conv1"), module._get("bn1"))]
 
 
-def _key(conv, dtype, shape):
-    return ((dtype, torch.device("cpu"), torch.channels_last_3d, tuple(conv.weight.shape)),
-            tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation), conv.groups,
-            tuple(shape))
-
-
 def _prepare(conv, bn, shape, dtype, activation, winograd: bool):
-    scale, shift = fold_conv_bn(conv, bn)
-    saved = {name: getattr(cpu, name) for name in _LIMITS}
-    # every eligible shape through the kernel (or none): the limits are what this measures
-    for name, value in zip(_LIMITS, (winograd, 1, 1, 1 << 62)):
-        setattr(cpu, name, value)
-    try:
-        return cpu._prepare(conv.weight.detach().to(dtype), scale.to(dtype), shift.to(dtype),
-                            conv.stride, conv.padding, conv.dilation, conv.groups, activation,
-                            torch.channels_last_3d, shape)
-    finally:
-        for name, value in saved.items():
-            setattr(cpu, name, value)
+    with _limits(winograd):
+        return prepare_conv(conv, bn, shape, dtype, activation)
 
 
 def _shape_eligible(conv, shape) -> bool:
-    saved = {name: getattr(cpu, name) for name in _LIMITS}
-    for name, value in zip(_LIMITS, (True, 1, 1, 1 << 62)):
-        setattr(cpu, name, value)
-    try:
-        return cpu._use_winograd(_key(conv, torch.float32, shape))
-    finally:
-        for name, value in saved.items():
-            setattr(cpu, name, value)
+    with _limits(True):
+        return cpu._use_winograd(conv_key(conv, torch.float32, shape))
 
 
 def main() -> None:
@@ -93,16 +73,12 @@ def main() -> None:
                 for name in args.dtypes:
                     dtype = getattr(torch, name)
                     x = torch.randn(shape).to(dtype).contiguous(memory_format=cl)
-                    with torch.no_grad():
-                        act = layer.module.activation
-                        calls = {"winograd": _prepare(conv, bn, shape, dtype, act, True),
-                                 "onednn": _prepare(conv, bn, shape, dtype, act, False)}
-                        fns = {k: (lambda f=f: f(x, None)) for k, f in calls.items()}
-                        for f in fns.values():
-                            f()
-                        t = time_interleaved(fns, min_run_time=args.min_run_time)
+                    act = layer.module.activation
+                    calls = {"winograd": _prepare(conv, bn, shape, dtype, act, True),
+                             "onednn": _prepare(conv, bn, shape, dtype, act, False)}
+                    t = time_prepared(calls, x, None, args.min_run_time)
                     wino, onednn = t["winograd"].median_ms, t["onednn"].median_ms
-                    key = _key(conv, dtype, shape)
+                    key = conv_key(conv, dtype, shape)
                     print(f"{label[:44]:44s} {name:8s} {wino:8.3f} {onednn:9.3f} "
                           f"{onednn / wino:6.2f} {cpu._winograd_tiles(key):6d} "
                           f"{'winograd' if cpu._use_winograd(key) else 'oneDNN'}", flush=True)
