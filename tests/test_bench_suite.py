@@ -14,7 +14,8 @@ import torch
 
 from videoconv.bench import providers as prov
 from videoconv.bench.suite import FULL_MODELS, layer_workloads, model_workload
-from videoconv.bench.timing import peak_memory_bytes, time_interleaved
+from videoconv.bench.timing import (Timing, median_interval, paired_speedup, peak_memory_bytes,
+                                    time_interleaved)
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +125,44 @@ def test_cpu_providers_are_timed_in_turns():
     assert {name: t.runs for name, t in timings.items()} == {"eager": 6, "compile": 6, "videoconv": 6}
     for t in timings.values():
         assert 0 <= t.p20_ms <= t.median_ms <= t.p80_ms
+        assert len(t.blocks_ms) == 3 and min(t.blocks_ms) >= 0  # one block per round, in order
+        assert sorted(t.blocks_ms)[1] == pytest.approx(t.median_ms)
+
+
+@pytest.mark.parametrize("n,k", [(5, 1), (6, 1), (9, 2), (10, 2), (20, 6), (30, 10), (40, 14)])
+def test_median_interval_is_the_sign_test_interval(n, k):
+    """(x_(k), x_(n+1-k)) with the largest k whose coverage 1 - 2 P(Binomial(n, 1/2) <= k - 1) is
+    at least 95% (the k column: the tables of Conover's "Practical Nonparametric Statistics";
+    below 6 values no pair reaches 95% and the interval is the whole range)."""
+    values = [float(v) for v in range(n, 0, -1)]  # any order: sorted inside
+    median, low, high = median_interval(values)
+    assert median == (n + 1) / 2
+    assert (low, high) == (k, n + 1 - k)
+
+
+def test_median_interval_rejects_nothing_and_bad_confidence():
+    with pytest.raises(ValueError, match="at least one value"):
+        median_interval([])
+    with pytest.raises(ValueError, match="confidence must be in"):
+        median_interval([1.0, 2.0], confidence=1.0)
+
+
+def test_paired_speedup_cancels_the_drift_of_the_machine():
+    """Both providers slow down together over the rounds (a drifting VM), the second always 1.25x
+    faster within a round: every round's ratio is 1.25, and so is the interval. Had the second
+    one met the machine's slow minutes in other rounds (as providers timed one after the other
+    do), the same block times would give a wide interval: the drift is then not cancelled, and the
+    interval says so. Timings without blocks (back to back) have no paired speedup."""
+    drift = [1.0, 1.0, 1.6, 1.6, 1.6, 1.0, 2.0, 1.0, 1.0, 1.0]
+    eager = Timing(0, 0, 0, 10, blocks_ms=tuple(50.0 * d for d in drift))
+    same_rounds = Timing(0, 0, 0, 10, blocks_ms=tuple(40.0 * d for d in drift))
+    other_rounds = Timing(0, 0, 0, 10, blocks_ms=tuple(40.0 * d for d in reversed(drift)))
+    assert paired_speedup(eager, same_rounds) == pytest.approx((1.25, 1.25, 1.25))
+    # per-round ratios 1.25 x (1, 1, 1.6, 0.8, 1.6, 0.625, 1.25, 0.625, 1, 1): the 2nd and 9th
+    # of 10 in order bound the interval
+    assert paired_speedup(eager, other_rounds) == pytest.approx((1.25, 1.25 * 0.625, 1.25 * 1.6))
+    assert paired_speedup(eager, Timing(40.0, 40.0, 40.0, 5)) is None
+    assert paired_speedup(eager, Timing(0, 0, 0, 3, blocks_ms=(1.0, 2.0, 3.0))) is None
 
 
 def test_peak_memory_counts_what_a_call_allocates():
@@ -217,7 +256,10 @@ def test_cli_bench_models_layers_modes_json_markdown_plots(tmp_path):
         assert r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
         assert r["torch"] == torch.__version__ and "--output-name run" in r["command"] and r["git_revision"]
         if r["provider"] == "eager":
-            assert r["speedup_vs_eager"] == 1.0
+            assert r["speedup_vs_eager"] == 1.0 and r["speedup_ci"] is None
+        else:  # paired round by round (2 rounds in a smoke run): the interval is their range
+            low, high = r["speedup_ci"]
+            assert low <= r["speedup_vs_eager"] <= high
     env = data["environment"]
     for key in ("device", "torch", "triton", "git_revision", "command", "roofline",
                 "host_allocator"):
@@ -226,6 +268,11 @@ def test_cli_bench_models_layers_modes_json_markdown_plots(tmp_path):
     md = (tmp_path / "run_cpu.md").read_text()
     assert f"host allocator: {env['host_allocator']}" in md
     assert "## Whole models" in md and "## Layers, traced from the zoo" in md
+    model_fused = next(r for r in rows if r["level"] == "model" and r["provider"] == "videoconv-cpu"
+                       and r["mode"] == "fwd")
+    low, high = model_fused["speedup_ci"]
+    assert f"({model_fused['speedup_vs_eager']:.2f}x [{low:.2f}–{high:.2f}])" in md
+    assert env["rounds"] == 2
     for png in ("run_cpu_speedup.png", "run_cpu_roofline.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -235,6 +282,7 @@ def test_cli_bench_models_layers_modes_json_markdown_plots(tmp_path):
     (["--mode", "inference"], "unknown mode 'inference'"),
     (["--models", "resnet50"], "unknown model 'resnet50'"),
     (["--dtype", "int8"], "unknown dtype 'int8'"),
+    (["--rounds", "1"], "rounds must be at least 2"),
 ])
 def test_cli_bench_rejects_bad_options(args, message):
     result = subprocess.run([sys.executable, "-m", "videoconv", "bench", "--smoke", "--no-progress"] + args,

@@ -134,7 +134,7 @@ def _bench(args: argparse.Namespace) -> int:
         modes=args.mode.split(","),
         providers=args.providers.split(",") if args.providers else None,
         batch=args.batch, device=device, smoke=args.smoke, min_run_time=args.min_run_time,
-        max_layers=max_layers, progress=not args.no_progress,
+        max_layers=max_layers, progress=not args.no_progress, rounds=args.rounds,
     )
     from videoconv.bench.report import to_markdown
 
@@ -204,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true",
                    help="tiny clips, one model, short timing: proves the suite runs (CI)")
     p.add_argument("--min-run-time", type=float, default=0.5, help="seconds per measurement")
+    p.add_argument("--rounds", type=int, default=10,
+                   help="CPU: rounds of turns per workload (at least 2); every speedup is the "
+                        "median of the per-round ratios, with a 95%% confidence interval that "
+                        "more rounds narrow")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     p.add_argument("--json", help="write the rows as JSON here")
     p.add_argument("--markdown", help="write the Markdown report here")

@@ -46,13 +46,21 @@ def _speedup_plot(plt, rows: Sequence[Dict[str, object]], title: str, path: str)
         index = {k: i for i, k in enumerate(keys)}
         width = 0.8 / max(1, len(providers))
         for j, p in enumerate(providers):
-            pts = [(index[(r["workload"], r["dtype"], r["mode"])], r["speedup_vs_eager"])
+            pts = [(index[(r["workload"], r["dtype"], r["mode"])], r["speedup_vs_eager"],
+                    r.get("speedup_ci"))
                    for r in subset if r["provider"] == p and r["speedup_vs_eager"]]
             if not pts:
                 continue
-            ys, xs = zip(*pts)
-            if panel == "model":  # few rows: grouped bars
-                ax.barh([y - 0.4 + (j + 0.5) * width for y in ys], xs, height=width, label=p)
+            ys, xs, cis = zip(*pts)
+            if panel == "model":  # few rows: grouped bars, with the 95% interval where measured
+                bars = [y - 0.4 + (j + 0.5) * width for y in ys]
+                ax.barh(bars, xs, height=width, label=p)
+                whiskers = [(b, x, ci) for b, x, ci in zip(bars, xs, cis) if ci]
+                if whiskers:
+                    b, x, ci = zip(*whiskers)
+                    ax.errorbar(x, b, xerr=[[v - c[0] for v, c in zip(x, ci)],
+                                            [c[1] - v for v, c in zip(x, ci)]],
+                                fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
             else:  # many rows: one marker per provider
                 ax.scatter(xs, ys, s=18, marker=_MARKERS[j % len(_MARKERS)], label=p)
         ax.axvline(1.0, color="black", linewidth=0.8)

@@ -32,6 +32,16 @@ def _fmt(v: Optional[float], spec: str, suffix: str = "") -> str:
     return "—" if v is None else f"{v:{spec}}{suffix}"
 
 
+def _speedup(r: Dict[str, object], with_interval: bool) -> str:
+    """``1.17x``, or ``1.17x [1.12–1.22]`` with the row's confidence interval where it has one
+    (runs before the intervals were recorded have none)."""
+    text = _fmt(r["speedup_vs_eager"], ".2f", "x")
+    ci = r.get("speedup_ci")
+    if with_interval and ci:
+        text += f" [{ci[0]:.2f}–{ci[1]:.2f}]"
+    return text
+
+
 def _groups(rows, level: str):
     groups: Dict[Tuple[str, str, str], Dict[str, Dict[str, object]]] = {}
     for r in rows:
@@ -70,9 +80,14 @@ def _header(result) -> List[str]:
                   f"({spec['source']})", ""]
     # Runs before the CPU timing went in turns recorded no "timing": they were back to back.
     how = env.get("timing") or "back to back"
+    paired = any(r.get("speedup_ci") for r in result["rows"])
+    speedup = ("the median over the rounds of eager's time over the provider's in the same "
+               "round, and in the model tables `[low–high]`, the 95% confidence interval of that "
+               "median (order statistics: bench/timing.py, median_interval; the JSON has it for "
+               "every row)" if paired else "eager's median over the provider's")
     lines += [
         "Times are medians in ms, `(x)` the speedup over `eager` (the nn.Conv3d → BatchNorm3d → "
-        f"activation modules, channels_last_3d) measured {how} in this run. "
+        f"activation modules, channels_last_3d) measured {how} in this run: {speedup}. "
         "`% roofline`: the workload's roofline bound on this device (fused, compulsory traffic; "
         "`videoconv.analysis.roofline`) over the fastest videoconv time; TFLOP/s and the "
         "roofline count the convolutions' useful MACs (taps on the zero padding, which oneDNN "
@@ -90,7 +105,8 @@ def _row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def _wide_table(groups, providers: List[str], label: str, with_count: bool) -> List[str]:
+def _wide_table(groups, providers: List[str], label: str, with_count: bool,
+                with_interval: bool = False) -> List[str]:
     shown = [p for p in providers if p != "eager"]
     head = [label] + (["x"] if with_count else []) + ["dtype", "mode", "eager"] + shown + [
         "fusion bound", "% roofline", "headroom", "peak MB"]
@@ -104,7 +120,7 @@ def _wide_table(groups, providers: List[str], label: str, with_count: bool) -> L
             dt, mode, f"{eager['median_ms']:.2f}"]
         for p in shown:
             r = group.get(p)
-            cells.append("—" if r is None else f"{r['median_ms']:.2f} ({r['speedup_vs_eager']:.2f}x)")
+            cells.append("—" if r is None else f"{r['median_ms']:.2f} ({_speedup(r, with_interval)})")
         fused = best_fused(group)
         mem = "—"
         if eager.get("peak_mem_mb") is not None and fused and fused.get("peak_mem_mb") is not None:
@@ -163,7 +179,7 @@ def _detail_table(rows) -> List[str]:
         lines.append(
             f"| {r['workload']} | {r['dtype']} | {r['mode']} | {r['provider']} | {r['median_ms']:.1f} | "
             f"{r['p20_ms']:.1f}–{r['p80_ms']:.1f} | {r['tflops']:.3f} | {_fmt(r['gbs'], '.1f')} | "
-            f"{_fmt(r['pct_of_roofline'], '.1f', '%')} | {_fmt(r['speedup_vs_eager'], '.2f', 'x')} | "
+            f"{_fmt(r['pct_of_roofline'], '.1f', '%')} | {_speedup(r, True)} | "
             f"{_fmt(r['peak_mem_mb'], '.0f')} | {r['setup_s']:.1f} |")
     return lines
 
@@ -175,7 +191,7 @@ def to_markdown(result: Dict[str, object]) -> str:
     models = _groups(rows, "model")
     if models:
         lines += ["## Whole models", ""]
-        lines += _wide_table(models, providers, "model", False)
+        lines += _wide_table(models, providers, "model", False, with_interval=True)
         lines += ["", "Every measurement (GB/s and % roofline count the model's convolution "
                   "layers only; pooling and the head are not in the bound):", ""]
         lines += _detail_table(rows)

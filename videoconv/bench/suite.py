@@ -94,7 +94,13 @@ class Row:
     #: None where the provider allocates elsewhere, e.g. OpenVINO)
     peak_mem_mb: Optional[float]
     setup_s: float
+    #: eager's time over this provider's. Timed in turns (CPU): the median over rounds of the
+    #: two blocks' ratio in each round (bench/timing.py, paired_speedup); back to back (GPU): the
+    #: ratio of the two medians
     speedup_vs_eager: Optional[float] = None
+    #: in turns only: [low, high], the 95% confidence interval of that median (distribution-free,
+    #: bench/timing.py, median_interval); None for eager itself and back-to-back timing
+    speedup_ci: Optional[List[float]] = None
     #: eager / conv-only of this workload (when conv-only ran): the most epilogue fusion can win
     fusion_bound: Optional[float] = None
 
@@ -211,8 +217,13 @@ def run_benchmark(
     max_layers: Optional[int] = None,
     progress: bool = True,
     measure_memory: bool = True,
+    rounds: int = 10,
 ) -> Dict[str, object]:
     """Time ``providers`` on the layers of ``layers`` and on the whole ``models``.
+
+    On a CPU each workload's providers run in ``rounds`` rounds of turns (at least 2); more
+    rounds narrow the speedups' confidence intervals (a workload then takes at least ``rounds``
+    calls of every provider, whatever ``min_run_time`` says).
 
     Returns ``{"environment", "rows", "skipped"}`` (rows as dicts of :class:`Row`)."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -231,6 +242,10 @@ def run_benchmark(
         providers = ("eager",) + providers  # every speedup is relative to eager
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
+    if rounds < 2:
+        raise ValueError(f"rounds must be at least 2 (a speedup is paired round by round), got {rounds}")
+    if smoke:
+        rounds = 2  # a smoke run proves the path, it measures nothing
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # the eager baseline at its best: cuDNN autotuned
 
@@ -241,8 +256,10 @@ def run_benchmark(
     limits = roofline.device_spec(device)  # datasheet on known GPUs; measured on a CPU
     env["roofline"] = limits.to_dict()
     env["modes"] = list(modes)
-    env["timing"] = ("in turns (every provider's blocks of calls alternating: bench/timing.py, "
-                     "time_interleaved)" if device.type == "cpu" else "back to back")
+    env["timing"] = (f"in turns ({rounds} rounds, in each every provider's block of calls: "
+                     "bench/timing.py, time_interleaved)" if device.type == "cpu"
+                     else "back to back")
+    env["rounds"] = rounds if device.type == "cpu" else None
 
     workloads: List[prov.Workload] = []
     for name in layers:
@@ -258,7 +275,7 @@ def run_benchmark(
             for dt in dtypes:
                 for mode in modes:
                     rows += _time_group(wl, dt, mode, providers, device, env, limits, smoke,
-                                        min_run_time, bar, skipped, measure_memory)
+                                        min_run_time, bar, skipped, measure_memory, rounds)
     finally:
         bar.close()
     # Every row carries what it was measured with, so a row copied out of the file still says so.
@@ -268,7 +285,7 @@ def run_benchmark(
 
 
 def _time_group(wl, dt, mode, providers, device, env, limits, smoke, min_run_time, bar,
-                skipped, measure_memory) -> List[Row]:
+                skipped, measure_memory, rounds=10) -> List[Row]:
     """Every provider on one (workload, dtype, mode): on a GPU back to back, on a CPU prepared
     first and then timed in turns (:func:`videoconv.bench.timing.time_interleaved`)."""
     from ..analysis import roofline
@@ -303,15 +320,26 @@ def _time_group(wl, dt, mode, providers, device, env, limits, smoke, min_run_tim
         bar.step(f"{wl.label} {dt} {mode}: {len(ready)} providers in turns")
         timings = timing.time_interleaved({p: r[1] for p, r in ready.items()},
                                           min_run_time=run_time, min_runs=runs_min,
-                                          rounds=2 if smoke else 10)
+                                          rounds=rounds)
     rows: List[Row] = []
-    eager_ms = timings["eager"].median_ms if "eager" in timings else None
+    eager = timings.get("eager")
+
+    def speedup(t: timing.Timing, base: Optional[timing.Timing] = eager):
+        """(base / t, its confidence interval or None): paired when timed in turns."""
+        if base is None:
+            return None, None
+        paired = timing.paired_speedup(base, t) if t is not base else None
+        if paired is None:
+            return base.median_ms / t.median_ms, None
+        return paired[0], [paired[1], paired[2]]
+
     for p, (prepared, fn, setup_s) in ready.items():
         t = timings[p]
         peak = None
         if measure_memory and p != "openvino":
             peak = peak_memory_bytes(fn, device) / 2**20
         seconds = t.median_ms * 1e-3
+        ratio, ci = speedup(t)
         rows.append(Row(
             level=wl.level, provider=p, workload=wl.label, model=wl.model, kind=wl.kind,
             count=wl.count, mode=mode, input_shape=list(wl.input_shapes[0]), dtype=dt,
@@ -321,13 +349,14 @@ def _time_group(wl, dt, mode, providers, device, env, limits, smoke, min_run_tim
             pct_of_roofline=None if bound is None else 100.0 * bound[1] / seconds,
             roofline_headroom=None if bound is None else bound[2] / bound[1],
             peak_mem_mb=peak, setup_s=setup_s,
-            speedup_vs_eager=eager_ms / t.median_ms if eager_ms is not None else None,
+            speedup_vs_eager=ratio, speedup_ci=ci,
         ))
         bar.done()
     ready.clear()
-    if "eager" in timings and "conv-only" in timings:
+    if eager is not None and "conv-only" in timings:
+        bound = speedup(timings["conv-only"])[0]
         for row in rows:
-            row.fusion_bound = timings["eager"].median_ms / timings["conv-only"].median_ms
+            row.fusion_bound = bound
     return rows
 
 

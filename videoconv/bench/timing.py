@@ -3,20 +3,24 @@
 GPU: ``triton.testing.do_bench`` (flushes L2 between runs, reports quantiles).
 CPU: ``torch.utils.benchmark.Timer.blocked_autorange``, which picks the number of runs per block
 so the timer's overhead is negligible and reports the median over blocks; or, for several
-providers of one workload, :func:`time_interleaved`, which takes their blocks in turns.
+providers of one workload, :func:`time_interleaved`, which takes their blocks in turns; the
+speedup of one provider over another is then a paired statistic (:func:`paired_speedup`): the
+median over rounds of the two blocks' ratio, with a distribution-free confidence interval
+(:func:`median_interval`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["Timing", "time_callable", "time_interleaved", "peak_memory_bytes",
-           "pin_host_allocator"]
+__all__ = ["Timing", "time_callable", "time_interleaved", "median_interval", "paired_speedup",
+           "peak_memory_bytes", "pin_host_allocator"]
 
 # glibc mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -67,6 +71,49 @@ class Timing:
     p20_ms: float
     p80_ms: float
     runs: int
+    #: :func:`time_interleaved` only: the mean time per call of each round's block, in round
+    #: order (round r of two providers ran within a few seconds of each other); empty otherwise
+    blocks_ms: Tuple[float, ...] = ()
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> Tuple[float, float, float]:
+    """The median of ``values`` and a distribution-free confidence interval for it.
+
+    The interval is the pair of order statistics (x_(k), x_(n+1-k)) with the largest k whose
+    coverage, 1 - 2 P(Binomial(n, 1/2) <= k - 1), is at least ``confidence`` (Conover,
+    "Practical Nonparametric Statistics", the sign-test interval): it assumes only that the
+    values are independent draws from one distribution, not a normal one, which the per-round
+    ratios of a drifting machine are not. With 10 values and 95%: (x_(2), x_(9)), coverage
+    97.9%; with 20: (x_(6), x_(15)), 95.9%. Below 6 values no pair reaches 95%: the interval is
+    then (min, max), whose coverage is 1 - 2 / 2^n (93.8% for 5 values)."""
+    xs = sorted(values)
+    n = len(xs)
+    if n == 0:
+        raise ValueError("median_interval needs at least one value")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    tail = (1.0 - confidence) / 2
+    k, below = 1, 0.5**n  # below: P(B <= k - 1)
+    while k < (n + 1) // 2:
+        below_next = below + math.comb(n, k) / 2**n  # P(B <= k)
+        if below_next > tail:
+            break
+        k, below = k + 1, below_next
+    return statistics.median(xs), xs[k - 1], xs[n - k]
+
+
+def paired_speedup(base: Timing, other: Timing,
+                   confidence: float = 0.95) -> Optional[Tuple[float, float, float]]:
+    """``base`` / ``other`` from two providers timed in the same turns: the median over rounds of
+    the ratio of their blocks in that round, and its confidence interval (:func:`median_interval`).
+    None unless both carry the same number of blocks (e.g. they were timed back to back).
+
+    Why paired: the machine's speed drifts between rounds for both providers alike, so each
+    round's ratio cancels it, while the ratio of the two overall medians mixes the rounds in
+    which each median fell."""
+    if not base.blocks_ms or len(base.blocks_ms) != len(other.blocks_ms):
+        return None
+    return median_interval([b / o for b, o in zip(base.blocks_ms, other.blocks_ms)], confidence)
 
 
 def time_callable(
@@ -134,10 +181,11 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], min_run_time: float =
                 fn()
             blocks[name].append((time.perf_counter() - start) / n)
     result = {}
-    for name, times in blocks.items():
-        times = sorted(times)
+    for name, in_order in blocks.items():
+        times = sorted(in_order)
         p20, p80 = (1e3 * times[min(len(times) - 1, int(q * len(times)))] for q in (0.2, 0.8))
-        result[name] = Timing(statistics.median(times) * 1e3, p20, p80, runs=rounds * calls[name])
+        result[name] = Timing(statistics.median(times) * 1e3, p20, p80, runs=rounds * calls[name],
+                              blocks_ms=tuple(1e3 * t for t in in_order))
     return result
 
 
