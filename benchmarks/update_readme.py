@@ -1,11 +1,11 @@
-"""Regenerate the tables of README.md from the code and the latest benchmark results.
+"""Regenerate the generated tables of README.md and benchmarks/results/README.md.
 
     python benchmarks/update_readme.py
 
-The zoo table is computed (parameters, MACs at each model's standard clip); the benchmark
-reports are copied from benchmarks/results/<name>_<device>.md as `videoconv bench` wrote them
-(headings demoted to fit under the README's "Benchmarks"), with their plots. A device with no
-result says so.
+README.md: the zoo table, computed (parameters, MACs at each model's standard clip).
+benchmarks/results/README.md: the benchmark reports, copied from
+benchmarks/results/<name>_<device>.md as `videoconv bench` wrote them (headings demoted to fit
+under its "Generated reports"), with their plots. A device with no result says so.
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ def bench_tables() -> str:
                 report = re.sub(r"^(#+) ", lambda m: "##" + m.group(1) + " ", f.read().strip(), flags=re.M)
             parts.append(report)
             for plot in ("speedup", "roofline"):
-                png = f"benchmarks/results/{name}_{device}_{plot}.png"
-                if os.path.exists(os.path.join(ROOT, png)):
+                png = f"{name}_{device}_{plot}.png"  # next to the page that shows it
+                if os.path.exists(os.path.join(results, png)):
                     parts.append(f"![{name} {device} {plot}]({png})")
         if not found:
             parts.append(f"### {title}\n\nNot yet measured: no {title} benchmark run has been "
@@ -69,22 +69,25 @@ def bench_tables() -> str:
     return "\n\n".join(parts)
 
 
-def replace_between(text: str, marker: str, body: str) -> str:
+def replace_between(text: str, marker: str, body: str, name: str = "README.md") -> str:
     pattern = re.compile(rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)", re.S)
     if not pattern.search(text):
-        raise SystemExit(f"README.md has no {marker} markers")
+        raise SystemExit(f"{name} has no {marker} markers")
     return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
 
 
-def main() -> None:
-    path = os.path.join(ROOT, "README.md")
+def _update(relative: str, marker: str, body: str) -> None:
+    path = os.path.join(ROOT, relative)
     with open(path) as f:
-        text = f.read()
-    text = replace_between(text, "zoo-table", zoo_table())
-    text = replace_between(text, "bench-table", bench_tables())
+        text = replace_between(f.read(), marker, body, relative)
     with open(path, "w") as f:
         f.write(text)
     print(f"updated {path}")
+
+
+def main() -> None:
+    _update("README.md", "zoo-table", zoo_table())
+    _update(os.path.join("benchmarks", "results", "README.md"), "bench-table", bench_tables())
 
 
 if __name__ == "__main__":
