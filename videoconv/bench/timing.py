@@ -110,7 +110,10 @@ def paired_speedup(base: Timing, other: Timing,
 
     Why paired: the machine's speed drifts between rounds for both providers alike, so each
     round's ratio cancels it, while the ratio of the two overall medians mixes the rounds in
-    which each median fell."""
+    which each median fell. What it does not cover: a change of the machine's state that slows
+    the two unequally (on the project's Zen 5 VM, r3d_18 bfloat16 fused against eager gave
+    1.28x [1.25-1.30] in one run and 1.19x [1.17-1.24] in another an hour later): the interval
+    is the spread within the run, not across runs."""
     if not base.blocks_ms or len(base.blocks_ms) != len(other.blocks_ms):
         return None
     return median_interval([b / o for b, o in zip(base.blocks_ms, other.blocks_ms)], confidence)
@@ -160,7 +163,8 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], min_run_time: float =
     slower than it is; in turns, every provider sees the same minutes. Each of ``rounds`` rounds
     runs every provider once for a block of calls sized to about ``min_run_time / rounds``
     seconds (at least one call; ``min_runs`` calls in all at least); the median and quantiles
-    are over the per-call times of the blocks, as ``blocked_autorange`` reports them.
+    are over the per-call times of the blocks, as ``blocked_autorange`` reports them, and each
+    Timing keeps its blocks in round order (``blocks_ms``) for :func:`paired_speedup`.
 
     Each callable has been called once before (the set-up call: compilation, oneDNN primitives,
     packing); one more untimed call here warms it after the others ran."""
