@@ -2,7 +2,8 @@
 
     python benchmarks/update_readme.py
 
-README.md: the zoo table, computed (parameters, MACs at each model's standard clip).
+README.md: the zoo table, computed (parameters, MACs at each model's standard clip), and the
+per-machine summary of whole-model speedups, read from the result files in SUMMARY.
 benchmarks/results/README.md: the benchmark reports, copied from
 benchmarks/results/<name>_<device>.md as `videoconv bench` wrote them (headings demoted to fit
 under its "Generated reports"), with their plots. A device with no result says so.
@@ -43,6 +44,54 @@ def zoo_table() -> str:
 #: forward-only runs of the suite's previous revision (providers, fusion bound, layers)
 RESULTS = ("bench", "train", "providers", "bound", "layers")
 DEVICES = (("cpu", "CPU"), ("cuda", "GPU"))
+
+
+#: the README's summary table: (machine, result name), one row group per machine; the CPU model
+#: name is the same on every machine here (a VM's "AMD EPYC"), so the label says which it was
+SUMMARY = (
+    ("Zen 4, AVX512-BF16", "bench_cpu"),
+    ("Zen 3, AVX2 only", "bench_avx2_cpu"),
+    ("Zen 5, AVX-512 full width", "models_rounds30_zen5_cpu"),
+)
+SUMMARY_MODELS = ("r2plus1d_18", "r3d_18", "x3d_s")
+SUMMARY_BASELINES = ("compile", "openvino")
+
+
+def summary_table() -> str:
+    """Whole models, forward: the fused model (videoconv-cpu) against eager, with its paired
+    interval where the run has one, and in parentheses torch.compile / OpenVINO, per machine
+    and dtype, exactly as the result files have them."""
+    import json
+
+    lines = ["| machine (result file, rev) | dtype | " + " | ".join(SUMMARY_MODELS) + " |",
+             "| --- | --- | " + " | ".join("---:" for _ in SUMMARY_MODELS) + " |"]
+    for machine, name in SUMMARY:
+        with open(os.path.join(ROOT, "benchmarks", "results", f"{name}.json")) as f:
+            result = json.load(f)
+        env = result["environment"]
+        rows = {(r["model"], r["dtype"], r["provider"]): r for r in result["rows"]
+                if r["level"] == "model" and r["mode"] == "fwd"}
+        label = f"{machine} (`{name}`, {env['git_revision']}"
+        label += f", {env['rounds']} rounds)" if env.get("rounds") else ")"
+        for dt in ("float32", "bfloat16"):
+            if not any(k[1] == dt for k in rows):
+                continue
+            cells = []
+            for model in SUMMARY_MODELS:
+                fused = rows.get((model, dt, "videoconv-cpu"))
+                if fused is None:
+                    cells.append("—")
+                    continue
+                text = f"{fused['speedup_vs_eager']:.2f}x"
+                if fused.get("speedup_ci"):
+                    text += " [{:.2f}–{:.2f}]".format(*fused["speedup_ci"])
+                others = [rows.get((model, dt, p)) for p in SUMMARY_BASELINES]
+                text += " (" + " / ".join("—" if r is None else f"{r['speedup_vs_eager']:.2f}x"
+                                          for r in others) + ")"
+                cells.append(text)
+            lines.append(f"| {label} | {dt} | " + " | ".join(cells) + " |")
+            label = ""
+    return "\n".join(lines)
 
 
 def bench_tables() -> str:
@@ -87,6 +136,7 @@ def _update(relative: str, marker: str, body: str) -> None:
 
 def main() -> None:
     _update("README.md", "zoo-table", zoo_table())
+    _update("README.md", "summary-table", summary_table())
     _update(os.path.join("benchmarks", "results", "README.md"), "bench-table", bench_tables())
 
 
