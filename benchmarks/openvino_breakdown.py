@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import argparse
 import collections
-import copy
 import time
 import warnings
 
 import torch
 
 from ab_common import eager_model_and_clip
+from videoconv.bench.providers import openvino_compiled
 from videoconv.bench.timing import pin_host_allocator
 
 
@@ -81,11 +81,7 @@ def main() -> None:
                 hooks += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
         return hooks
 
-    hint = {"float32": "f32", "bfloat16": "bf16"}[args.dtype]
-    converted = ov.convert_model(copy.deepcopy(eager).float().eval(), example_input=x.float())
-    compiled = ov.Core().compile_model(converted, "CPU", {
-        "INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERF_COUNT": True})
+    compiled = openvino_compiled(eager, (x,), x.dtype, PERF_COUNT=True)
     request = compiled.create_infer_request()
     clip = x.float().numpy()
     n = args.forwards

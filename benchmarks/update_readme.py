@@ -11,6 +11,7 @@ under its "Generated reports"), with their plots. A device with no result says s
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -61,8 +62,6 @@ def summary_table() -> str:
     """Whole models, forward: the fused model (videoconv-cpu) against eager, with its paired
     interval where the run has one, and in parentheses torch.compile / OpenVINO, per machine
     and dtype, exactly as the result files have them."""
-    import json
-
     lines = ["| machine (result file, rev) | dtype | " + " | ".join(SUMMARY_MODELS) + " |",
              "| --- | --- | " + " | ".join("---:" for _ in SUMMARY_MODELS) + " |"]
     for machine, name in SUMMARY:

@@ -155,15 +155,12 @@ def _videoconv(wl: Workload, backend: Optional[str], device, dtype, layout) -> n
     return videoconv.fuse(_to(wl.eager, device, dtype, layout), backend=backend)
 
 
-def _openvino(module: nn.Module, inputs, dtype, mode: str):
-    if mode != "fwd":
-        raise ProviderUnavailable(f"OpenVINO is an inference runtime: no {mode} mode")
-    if inputs[0].device.type != "cpu":
-        raise ProviderUnavailable("OpenVINO runs on the CPU only")
-    try:
-        import openvino as ov
-    except ImportError:
-        raise ProviderUnavailable("openvino is not installed (pip install openvino)") from None
+def openvino_compiled(module: nn.Module, inputs, dtype, **config):
+    """OpenVINO's CPU plugin on ``module`` traced at ``inputs``, computing in ``dtype``'s
+    precision with latency hints and torch's thread count; ``config`` adds plugin properties
+    (e.g. ``PERF_COUNT=True``). Returns the compiled model; it takes float32 arrays."""
+    import openvino as ov
+
     hint = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}[dtype]
     example = tuple(t.float() for t in inputs)
     # OpenVINO traces the model with torch.jit.trace; the zoo's input checks (Python ifs on
@@ -173,11 +170,24 @@ def _openvino(module: nn.Module, inputs, dtype, mode: str):
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         converted = ov.convert_model(copy.deepcopy(module).float().eval(),
                                      example_input=example[0] if len(example) == 1 else example)
-    compiled = ov.Core().compile_model(converted, "CPU", {
+    return ov.Core().compile_model(converted, "CPU", {
         "INFERENCE_PRECISION_HINT": hint,
         "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        **config,
     })
+
+
+def _openvino(module: nn.Module, inputs, dtype, mode: str):
+    if mode != "fwd":
+        raise ProviderUnavailable(f"OpenVINO is an inference runtime: no {mode} mode")
+    if inputs[0].device.type != "cpu":
+        raise ProviderUnavailable("OpenVINO runs on the CPU only")
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        raise ProviderUnavailable("openvino is not installed (pip install openvino)") from None
+    compiled = openvino_compiled(module, inputs, dtype)
     # OpenVINO takes float32 and computes in the hinted precision.
     arrays = [t.float().numpy() for t in inputs]
     return lambda *_: compiled(arrays)
