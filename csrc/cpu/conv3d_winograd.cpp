@@ -9,11 +9,16 @@
 // pair instead of 144, i.e. 4x fewer; the rest is cheap transforms that are linear in the
 // number of channels. The products run in float32 even for bfloat16 tensors. float32 FMAs run at
 // half the bfloat16 dot-product rate, so the net gain over a bfloat16 direct conv is at most 2x,
-// but: (1) without AMX, cpublas::brgemm has no fast bfloat16 micro-kernel here (measured 113-126
-// GFLOP/s per core at K = 64, the same as float32's 107-110); (2) bfloat16 GEMM operands would
-// round the transformed input and weight, whose transforms have coefficients up to 5 and 8 and
-// cancelling sums, while float32 ones keep the result more accurate than a bfloat16 direct conv
-// (measured: 2e-3 against 6e-3 max relative error).
+// but bfloat16 GEMM operands would round the transformed input and weight, whose transforms have
+// coefficients up to 5 and 8 and cancelling sums. benchmarks/winograd_bf16.py measures both
+// sides: (1) the rate: on Zen 4, cpublas::brgemm's bfloat16 micro-kernel was no faster than its
+// float32 one without AMX (113-126 against 107-110 GFLOP/s per core at K = 64); on Zen 5 it is
+// 1.85-1.96x faster (801-900 against 427-459 GFLOP/s on 2 cores); (2) the accuracy (float64
+// emulation, 64 -> 144 at 56x56): V and U in bfloat16 give F(4x4) a mean error of 1.6e-2, 11x a
+// bfloat16 direct conv's 1.4e-3; F(2x2), accurate enough in bfloat16 (3.7e-3), does 4 products
+// per output instead of 2.25, which at 1.9x the rate is no fewer FMA cycles (and twice the
+// transform work per output). float32 operands keep F(4x4) at least as accurate as the direct
+// conv (measured on the kernel itself: 2e-3 against 6e-3 max relative error).
 //
 // Algorithm, per block of kTileBlock output tiles (4x4 positions of one output frame each):
 //   for each temporal tap kt:
