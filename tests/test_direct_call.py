@@ -352,6 +352,7 @@ def test_prepared_call_is_dropped_by_training_and_invalidation():
     torch.testing.assert_close(y.double(), _float64_chain(m, x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the cpu backend's RepackingWarning
 def test_inference_tensor_parameters_are_never_prepared():
     with torch.inference_mode():
         m = _conv_module()  # parameters are inference tensors: no version counters
@@ -419,3 +420,43 @@ def test_parametrized_weight_is_read_through_getattr():
         second = m(x)
     torch.testing.assert_close(second.double(), _float64_chain(m, x), rtol=1e-4, atol=1e-4)
     assert not torch.allclose(first, second)
+
+
+def test_caches_keep_the_tensors_of_their_keys_alive():
+    """The fold cache's and the prepared call's keys hold tensor identities (id, data_ptr),
+    which are unique only among live tensors. Both caches must keep those very tensors alive:
+    otherwise a parametrized weight (a new tensor on every access) can be given a freed one's id
+    and storage, match the stale key, and reuse the old fold (a wrong answer that the test above
+    hit in some test orders)."""
+    from torch.nn.utils import parametrize
+
+    from videoconv.nn._common import _sources_key
+
+    m = _conv_module()
+    parametrize.register_parametrization(m.conv, "weight", _Scaled())
+    x = torch.randn(1, 8, 3, 5, 5).contiguous(memory_format=CL)
+    with torch.no_grad():
+        m(x)
+        m(x)
+    key, _, kept = m._fold_cache
+    assert _sources_key(kept)[0] == key
+    prepared = m.__dict__.get("_prepared")
+    if prepared is not None:  # a backend with a prepared call (cpu)
+        guard, _, kept = prepared
+        assert _sources_key(kept)[0] == guard[4]
+
+
+def test_parametrized_weight_changed_again_and_again():
+    """Many changes of a parametrization in a row, each checked against float64 (each computed
+    weight is freed after its call; the next may be allocated where it was)."""
+    from torch.nn.utils import parametrize
+
+    m = _conv_module()
+    parametrize.register_parametrization(m.conv, "weight", _Scaled())
+    x = torch.randn(1, 8, 3, 5, 5).contiguous(memory_format=CL)
+    factor = m.conv.parametrizations.weight[0].factor
+    with torch.no_grad():
+        for step in range(30):
+            factor.fill_(1.0 + 0.25 * (step % 7) - 0.75 * (step % 2))
+            y = m(x)
+            torch.testing.assert_close(y.double(), _float64_chain(m, x), rtol=1e-4, atol=1e-4)

@@ -170,9 +170,10 @@ class FusedModuleBase(nn.Module):
         plus its dtype and device. Under ``torch.compile`` the fold is traced instead (it is a
         handful of per-channel ops).
 
-        Parameters that are inference tensors (a model built or fused under
-        ``torch.inference_mode``) have no version counter: their in-place updates cannot be
-        seen, so call :meth:`invalidate_fold_cache` after changing them.
+        Parameters that are inference tensors (modules built under ``torch.inference_mode``
+        and used as they are, or fused with ``inplace=True``; ``videoconv.fuse`` otherwise
+        copies them into ordinary tensors) have no version counter: their in-place updates
+        cannot be seen, so call :meth:`invalidate_fold_cache` after changing them.
         """
         sources = self._fold_sources()
         if torch.compiler.is_compiling():
@@ -187,7 +188,13 @@ class FusedModuleBase(nn.Module):
         # the cpu backend's pack cache recognise them without comparing values on every call.
         with torch.inference_mode(False), torch.no_grad():
             values = tuple(v.detach() for v in self._fold())
-        self._fold_cache = (key, values)
+        # The sources themselves are kept too: the key holds their id() and data_ptr(), which
+        # CPython and the allocator recycle once a tensor is freed. A parameter lives as long as
+        # its module, but a parametrized weight (torch.nn.utils.parametrize) is a new tensor on
+        # every access, and the next one could get the freed one's id and storage, with the same
+        # version 0: a stale hit and a wrong answer (seen: test_direct_call's parametrization
+        # test failed in some test orders). Alive, they cannot be recycled.
+        self._fold_cache = (key, values, tuple(sources))
         return values
 
     def _conv_args(self, conv: nn.Module, role: str = "conv"):
@@ -282,7 +289,10 @@ def _sources_key(sources: Sequence[Optional[Tensor]]) -> Tuple[tuple, bool]:
     and `.data =` give new storage, in-place updates bump the version. Inference tensors do not
     track versions (reading _version raises); identity and storage still catch replaced
     tensors, which is how parameters are normally swapped. Computed for every source on every
-    eval forward (7 to 14 tensors), so it is one loop building one tuple."""
+    eval forward (7 to 14 tensors), so it is one loop building one tuple.
+
+    Whoever keeps a key must keep the ``sources`` alive with it (the fold cache and the prepared
+    call do): identity and storage are only unique among live tensors."""
     key = []
     versioned = True
     for t in sources:

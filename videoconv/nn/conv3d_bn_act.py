@@ -191,9 +191,10 @@ class Conv3dBNAct(FusedModuleBase):
         out = call_conv3d_bn_act(self._direct_plan(), x, conv.weight, scale, shift, stride,
                                  padding, dilation, conv.groups, self.activation, residual)
         if guard is not None and x.shape[0] > 0:
+            # sources kept alive with the guard, which holds their identities (_sources_key)
             self.__dict__["_prepared"] = (guard, prepare_conv3d_bn_act(
                 x, conv.weight, scale, shift, stride, padding, dilation, conv.groups,
-                self.activation, residual))
+                self.activation, residual), sources)
         return out
 
     def _prepared_guard(self, x: Tensor, residual: Optional[Tensor], conv: nn.Conv3d,
