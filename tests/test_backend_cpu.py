@@ -248,6 +248,25 @@ def test_training_loop_with_parameters():
     _assert_oracle(_run(x, w, s, b).detach(), x, w.detach(), s, b)
 
 
+def test_storage_swapped_through_data_is_repacked():
+    """``w.data = ...`` (what ``Module.to()`` does) gives the same tensor, with the same version,
+    a new storage, which may be allocated where the old one was (a 442 KB weight rounded to
+    bfloat16 and back lands there in glibc's malloc). The cache must repack: before, it handed
+    back the old packed weight (an error of up to ~4e-3 here)."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 64, 3, 6, 6, generator=g).contiguous(memory_format=torch.channels_last_3d)
+    w = torch.nn.Parameter(torch.randn(64, 64, 3, 3, 3, generator=g) / 1728 ** 0.5,
+                           requires_grad=False)
+    s, b = torch.full((64,), 0.5), torch.full((64,), 0.25)
+    _run(x, w, s, b)
+    version, misses = w._version, cpu_backend.pack_cache.misses
+    w.data = w.data.to(torch.bfloat16).float()
+    assert w._version == version
+    y = _run(x, w, s, b)
+    assert cpu_backend.pack_cache.misses == misses + 1
+    torch.testing.assert_close(y.double(), _oracle(x, w, s, b), atol=1e-5, rtol=1e-5)
+
+
 def test_inference_mode_tensors_are_not_cached():
     """An inference-tensor weight has no version counter: it is packed again on every call
     (so an in-place change is seen), and the backend says why that call is slow."""

@@ -438,12 +438,41 @@ def test_caches_keep_the_tensors_of_their_keys_alive():
     with torch.no_grad():
         m(x)
         m(x)
+
+    def tensors(kept):
+        return [None if r is None else r[0] for r in kept]
+
     key, _, kept = m._fold_cache
-    assert _sources_key(kept)[0] == key
+    assert _sources_key(tensors(kept))[0] == key
+    assert all(r is None or r[1].data_ptr() == r[0].untyped_storage().data_ptr() for r in kept)
     prepared = m.__dict__.get("_prepared")
     if prepared is not None:  # a backend with a prepared call (cpu)
         guard, _, kept = prepared
-        assert _sources_key(kept)[0] == guard[4]
+        assert _sources_key(tensors(kept))[0] == guard[4]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_dtype_round_trip_is_seen(dtype):
+    """``module.to(dtype).float()`` keeps each Parameter object and its version and swaps its
+    storage through ``.data``; the last storage can be allocated where the first one was. The
+    caches must still see new weights (rounded to ``dtype`` and back): before, the old fold and
+    packed weight were reused (off by up to ~4e-3 here)."""
+    # A weight of 442 KB (freed and allocated whole, at the same address in glibc's malloc), and
+    # BatchNorm values that ``dtype`` holds exactly, so that only the weight changes.
+    m = Conv3dBNAct(64, 64, 3, padding=1).eval()
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(1)
+        m.conv.weight.copy_(torch.randn(m.conv.weight.shape, generator=g) / 1728 ** 0.5)
+        m.bn.weight.fill_(0.5)
+        m.bn.bias.fill_(0.25)
+    x = torch.randn(1, 64, 3, 6, 6).contiguous(memory_format=CL)
+    with torch.no_grad():
+        m(x)
+        m(x)
+        m.to(dtype).float()
+        y = m(x)
+    expected = _float64_chain(m, x)
+    torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_parametrized_weight_changed_again_and_again():

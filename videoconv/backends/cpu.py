@@ -127,10 +127,15 @@ def _widened(dtype: torch.dtype) -> bool:
 
 
 class _Entry:
-    __slots__ = ("key", "version", "scale", "shift", "packed", "bias", "seen")
+    __slots__ = ("key", "version", "data_ptr", "storage", "scale", "shift", "packed", "bias",
+                 "seen")
 
-    def __init__(self, key, version, scale, shift, packed, bias):
+    def __init__(self, key, version, weight, scale, shift, packed, bias):
         self.key, self.version = key, version
+        # The weight's storage, and a reference that keeps it alive so that its address cannot
+        # be reused: ``module.to(torch.bfloat16).float()`` gives the same Parameter (same
+        # version) a new storage through ``.data``, which can land at the old one's address.
+        self.data_ptr, self.storage = weight.data_ptr(), weight.untyped_storage()
         self.scale, self.shift = scale, shift
         self.packed, self.bias = packed, bias
         self.seen = None
@@ -165,7 +170,10 @@ class _PackCache:
     Keyed on the *identity* of the weight tensor (``id`` plus a weak reference, so an entry dies
     with its weight and a recycled ``id`` never matches), and validated on every lookup against
 
-    * the weight's ``_version`` (bumped by any in-place change: optimizer step, ``copy_``, ...),
+    * the weight's ``_version`` (bumped by any in-place change: optimizer step, ``copy_``, ...)
+      and its storage's address (``.data =`` and ``Module.to()`` swap the storage and keep the
+      version; the entry keeps the old storage alive, so its address is not reused meanwhile:
+      until the weight's next lookup replaces the entry, or the weight dies),
     * the dtype, device, shape of the weight, the conv parameters and the input size/layout,
     * the *values* of ``scale`` and ``shift`` (kept as copies; ``C_out`` elements, so comparing
       them is cheap and works even when they are recomputed as fresh tensors on every call).
@@ -206,6 +214,7 @@ class _PackCache:
         if found is not None:
             ref, entry = found
             if (ref() is weight and entry.version == version and entry.key == key
+                    and entry.data_ptr == weight.data_ptr()
                     and (_same_tensors(entry.seen, scale, shift)
                          or (torch.equal(entry.scale, scale) and torch.equal(entry.shift, shift)))):
                 entry.seen = _seen(scale, shift)
@@ -213,7 +222,8 @@ class _PackCache:
                 return entry.packed, entry.bias
         self.misses += 1
         packed, bias = _pack(weight, scale, shift, key)
-        entry = _Entry(key, version, scale.detach().clone(), shift.detach().clone(), packed, bias)
+        entry = _Entry(key, version, weight, scale.detach().clone(), shift.detach().clone(), packed,
+                       bias)
         entry.seen = _seen(scale, shift)
         ref = weakref.ref(weight, lambda r, wid=wid: self._drop(wid, r))
         with self._lock:

@@ -188,13 +188,9 @@ class FusedModuleBase(nn.Module):
         # the cpu backend's pack cache recognise them without comparing values on every call.
         with torch.inference_mode(False), torch.no_grad():
             values = tuple(v.detach() for v in self._fold())
-        # The sources themselves are kept too: the key holds their id() and data_ptr(), which
-        # CPython and the allocator recycle once a tensor is freed. A parameter lives as long as
-        # its module, but a parametrized weight (torch.nn.utils.parametrize) is a new tensor on
-        # every access, and the next one could get the freed one's id and storage, with the same
-        # version 0: a stale hit and a wrong answer (seen: test_direct_call's parametrization
-        # test failed in some test orders). Alive, they cannot be recycled.
-        self._fold_cache = (key, values, tuple(sources))
+        # The key's tensors and storages are kept alive with it (_key_referents: otherwise a
+        # recycled id or address can match a stale key).
+        self._fold_cache = (key, values, _key_referents(sources))
         return values
 
     def _conv_args(self, conv: nn.Module, role: str = "conv"):
@@ -291,8 +287,9 @@ def _sources_key(sources: Sequence[Optional[Tensor]]) -> Tuple[tuple, bool]:
     tensors, which is how parameters are normally swapped. Computed for every source on every
     eval forward (7 to 14 tensors), so it is one loop building one tuple.
 
-    Whoever keeps a key must keep the ``sources`` alive with it (the fold cache and the prepared
-    call do): identity and storage are only unique among live tensors."""
+    Whoever keeps a key must keep what it identifies alive with it, :func:`_key_referents`
+    (the fold cache and the prepared call do): an id() and a data_ptr() are unique only among
+    live objects and storages."""
     key = []
     versioned = True
     for t in sources:
@@ -305,3 +302,14 @@ def _sources_key(sources: Sequence[Optional[Tensor]]) -> Tuple[tuple, bool]:
             version, versioned = -1, False
         key += (id(t), t.data_ptr(), version, t.dtype, t.device)
     return tuple(key), versioned
+
+
+def _key_referents(sources: Sequence[Optional[Tensor]]) -> tuple:
+    """What keeps a :func:`_sources_key` key unambiguous while it is cached: the tensors (their
+    id()s) and their storages (their data_ptr()s). Without them CPython and the allocator recycle
+    both: a parametrized weight is a new tensor on every access and can be given a freed one's
+    id and storage; ``module.to(torch.bfloat16).float()`` swaps a parameter's storage through
+    ``.data`` (same tensor, same version) and the last one can land at the first one's address.
+    Either way the stale key matched and the old fold was used: a wrong answer (both seen).
+    Kept alive, an old storage costs its memory only until the next call re-keys."""
+    return tuple(None if t is None else (t, t.untyped_storage()) for t in sources)

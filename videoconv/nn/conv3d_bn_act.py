@@ -12,7 +12,8 @@ from .. import backends
 from ..ops._direct import dispatcher_unobservable, tensor_signature
 from ..ops.conv3d_bn_act import call_from_module as call_conv3d_bn_act
 from ..ops.conv3d_bn_act import prepare_from_module as prepare_conv3d_bn_act
-from ._common import FusedModuleBase, _fold_sources_of, _sources_key, activation_name
+from ._common import (FusedModuleBase, _fold_sources_of, _key_referents, _sources_key,
+                      activation_name)
 from .folding import fold_conv_bn
 
 __all__ = ["Conv3dBNAct", "check_conv3d_for_fusion", "check_bn_for_fusion"]
@@ -191,10 +192,10 @@ class Conv3dBNAct(FusedModuleBase):
         out = call_conv3d_bn_act(self._direct_plan(), x, conv.weight, scale, shift, stride,
                                  padding, dilation, conv.groups, self.activation, residual)
         if guard is not None and x.shape[0] > 0:
-            # sources kept alive with the guard, which holds their identities (_sources_key)
+            # with what the guard's identities refer to, kept alive (_key_referents)
             self.__dict__["_prepared"] = (guard, prepare_conv3d_bn_act(
                 x, conv.weight, scale, shift, stride, padding, dilation, conv.groups,
-                self.activation, residual), sources)
+                self.activation, residual), _key_referents(sources))
         return out
 
     def _prepared_guard(self, x: Tensor, residual: Optional[Tensor], conv: nn.Conv3d,
