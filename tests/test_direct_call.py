@@ -49,6 +49,13 @@ def _float64_chain(module: Conv3dBNAct, x, residual=None):
         module.activation](y)
 
 
+def _float64_unit(module: Conv2Plus1dBNAct, x):
+    """The unfused eval (2+1)D unit in float64 (spatial first, ReLU)."""
+    c1, b1 = copy.deepcopy(module.conv1).double(), copy.deepcopy(module.bn1).double().eval()
+    c2, b2 = copy.deepcopy(module.conv2).double(), copy.deepcopy(module.bn2).double().eval()
+    return torch.relu(b2(c2(torch.relu(b1(c1(x.double()))))))
+
+
 def _op_result(module: Conv3dBNAct, x, residual=None):
     scale, shift = module.folded()
     c = module.conv
@@ -443,7 +450,7 @@ def test_caches_keep_the_tensors_of_their_keys_alive():
         return [None if r is None else r[0] for r in kept]
 
     key, _, kept = m._fold_cache
-    assert _sources_key(tensors(kept))[0] == key
+    assert _sources_key(tensors(kept))[0] == key[0]
     assert all(r is None or r[1].data_ptr() == r[0].untyped_storage().data_ptr() for r in kept)
     prepared = m.__dict__.get("_prepared")
     if prepared is not None:  # a backend with a prepared call (cpu)
@@ -473,6 +480,25 @@ def test_dtype_round_trip_is_seen(dtype):
         y = m(x)
     expected = _float64_chain(m, x)
     torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_changed_batch_norm_eps_is_seen():
+    """``bn.eps`` is a float, not a tensor: it is part of the fold cache's and the prepared
+    call's keys (before, a changed eps kept the old fold: off by ~27 here). Both modules."""
+    conv3d = _conv_module()
+    unit = _unit_module()
+    for m, x in ((conv3d, torch.randn(1, 8, 3, 5, 5)), (unit, torch.randn(1, 6, 4, 6, 6))):
+        bns = [b for b in m.modules() if isinstance(b, nn.BatchNorm3d)]
+        with torch.no_grad():
+            for bn in bns:
+                bn.running_var.uniform_(0.001, 0.01)  # eps then matters
+            m(x)
+            m(x)
+            for bn in bns:
+                bn.eps = 0.1
+            y = m(x)
+        expected = _float64_chain(m, x) if m is conv3d else _float64_unit(m, x)
+        torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_parametrized_weight_changed_again_and_again():

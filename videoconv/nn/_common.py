@@ -59,6 +59,12 @@ def module_tensor(module: nn.Module, name: str) -> Optional[Tensor]:
     return getattr(module, name)
 
 
+def _bn_eps(bn: Optional[nn.Module]) -> Optional[float]:
+    """The one non-tensor value a fold reads: part of the fold cache's and the prepared call's
+    keys (a changed ``bn.eps`` was otherwise unseen: the old fold, a wrong answer)."""
+    return None if bn is None else bn.eps
+
+
 def _fold_sources_of(conv: nn.Module, bn: Optional[nn.Module]) -> Tuple[Optional[Tensor], ...]:
     """The tensors ``fold_conv_bn(conv, bn)`` reads: what the fold cache and the prepared call
     depend on."""
@@ -147,10 +153,15 @@ class FusedModuleBase(nn.Module):
     def _fold(self) -> Tuple[Tensor, ...]:
         raise NotImplementedError
 
+    def _fold_constants(self) -> tuple:
+        """The non-tensor values the fold reads: each BatchNorm's ``eps`` (:func:`_bn_eps`)."""
+        raise NotImplementedError
+
     def invalidate_fold_cache(self) -> None:
-        """Forget the cached folded scale/shift. Needed only after changing parameters through
-        ``.data`` (which has its own version counter); in-place updates, ``load_state_dict``,
-        ``.to()`` and training steps are detected automatically."""
+        """Forget the cached folded scale/shift. Needed only after changing parameters that are
+        inference tensors in place (they have no version counter); in-place updates,
+        ``load_state_dict``, ``.data =``, ``.to()``, a new ``bn.eps`` and training steps are
+        detected automatically."""
         self._fold_cache = None
         self.__dict__.pop("_prepared", None)  # built from the fold (see Conv3dBNAct)
 
@@ -180,7 +191,7 @@ class FusedModuleBase(nn.Module):
             return self._fold()
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in sources):
             return self._fold()  # differentiable w.r.t. the BN/conv parameters; not cached
-        key = _sources_key(sources)[0]
+        key = (_sources_key(sources)[0], self._fold_constants())
         cache = self._fold_cache
         if cache is not None and cache[0] == key:
             return cache[1]

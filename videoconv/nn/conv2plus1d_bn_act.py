@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .. import ops
 from ..ops.conv2plus1d_bn_act import call_from_module as call_conv2plus1d_bn_act
-from ._common import FusedModuleBase, _fold_sources_of, activation_name
+from ._common import FusedModuleBase, _bn_eps, _fold_sources_of, activation_name
 from .conv3d_bn_act import check_bn_for_fusion, check_conv3d_for_fusion
 from .folding import fold_conv_bn
 
@@ -174,6 +174,9 @@ class Conv2Plus1dBNAct(FusedModuleBase):
 
     def _fold(self):
         return fold_conv_bn(self.conv1, self.bn1) + fold_conv_bn(self.conv2, self.bn2)
+
+    def _fold_constants(self):
+        return (_bn_eps(self.bn1), _bn_eps(self.bn2))
 
     def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         conv1, bn1, conv2, bn2 = self.conv1, self.bn1, self.conv2, self.bn2

@@ -12,8 +12,8 @@ from .. import backends
 from ..ops._direct import dispatcher_unobservable, tensor_signature
 from ..ops.conv3d_bn_act import call_from_module as call_conv3d_bn_act
 from ..ops.conv3d_bn_act import prepare_from_module as prepare_conv3d_bn_act
-from ._common import (FusedModuleBase, _fold_sources_of, _key_referents, _sources_key,
-                      activation_name)
+from ._common import (FusedModuleBase, _bn_eps, _fold_sources_of, _key_referents,
+                      _sources_key, activation_name)
 from .folding import fold_conv_bn
 
 __all__ = ["Conv3dBNAct", "check_conv3d_for_fusion", "check_bn_for_fusion"]
@@ -159,6 +159,9 @@ class Conv3dBNAct(FusedModuleBase):
     def _fold(self) -> Tuple[Tensor, Tensor]:
         return fold_conv_bn(self.conv, self.bn)
 
+    def _fold_constants(self) -> tuple:
+        return (_bn_eps(self.bn),)
+
     def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         conv, bn = self.conv, self.bn
         if self._batch_stats(bn):
@@ -180,7 +183,7 @@ class Conv3dBNAct(FusedModuleBase):
         if not torch.is_grad_enabled():
             sources = _fold_sources_of(conv, bn)  # the tensors only; nothing read from them yet
             if dispatcher_unobservable(x, residual, sources[0]):
-                guard = self._prepared_guard(x, residual, conv, sources)
+                guard = self._prepared_guard(x, residual, conv, bn, sources)
                 prepared = self.__dict__.get("_prepared")
                 if guard is not None and prepared is not None and prepared[0] == guard:
                     if prepared[1] is not None:
@@ -199,17 +202,17 @@ class Conv3dBNAct(FusedModuleBase):
         return out
 
     def _prepared_guard(self, x: Tensor, residual: Optional[Tensor], conv: nn.Conv3d,
-                        sources: Tuple[Optional[Tensor], ...]):
+                        bn: Optional[nn.BatchNorm3d], sources: Tuple[Optional[Tensor], ...]):
         """What a prepared call depends on: the input signature, the backend choice, and every
         parameter the fold and the packed weight come from (``sources``: identity, storage,
-        version, the fold cache's key). None when a parameter has no version counter (inference
-        tensors)."""
+        version, the fold cache's key; and BN's eps). None when a parameter has no version
+        counter (inference tensors)."""
         key, versioned = _sources_key(sources)
         if not versioned:
             return None
         return (tensor_signature(x), tensor_signature(residual), backends.forced_backend(),
                 tuple(backends.PRIORITY), key, conv.stride, conv.padding, conv.dilation,
-                conv.groups, self.activation)
+                conv.groups, self.activation, _bn_eps(bn))
 
     def extra_repr(self) -> str:
         s = f"activation={self.activation!r}"
