@@ -178,8 +178,8 @@ class FusedModuleBase(nn.Module):
         Cached across calls when no gradient is needed: the cache key is every source tensor's
         identity, storage pointer and version counter (``_version``, bumped by any in-place
         update: optimiser steps, ``copy_``, ``load_state_dict``, BN's running-stat updates),
-        plus its dtype and device. Under ``torch.compile`` the fold is traced instead (it is a
-        handful of per-channel ops).
+        plus its dtype and device, and each BatchNorm's ``eps``. Under ``torch.compile`` the
+        fold is traced instead (it is a handful of per-channel ops).
 
         Parameters that are inference tensors (modules built under ``torch.inference_mode``
         and used as they are, or fused with ``inplace=True``; ``videoconv.fuse`` otherwise
