@@ -22,11 +22,12 @@ direct call still pays ~30 µs per call: folding and pack-cache lookups, buildin
 dict and the signature, the backend's own argument handling. A backend may therefore offer
 ``prepare_conv3d_bn_act`` (the ``cpu`` backend does): a closure with the packed weight, the
 bias and the oneDNN arguments bound once. The module keeps it with a guard made of the input
-signature, the forced backend, the registered backends, the conv arguments and the fold cache's
-key of every parameter it comes from (identity, storage and version of the conv weight and
-bias and the BatchNorm parameters and statistics), and calls it while the guard holds; any
-change (an optimiser step, ``load_state_dict``, ``.to()``, ``.data =``, training-mode
-statistics, another input size) builds it again after a direct call. Parameters without
+signature, the forced backend, the registered backends, the conv arguments, BatchNorm's eps and
+the fold cache's key of every parameter it comes from (identity, storage and version of the conv
+weight and bias and the BatchNorm parameters and statistics; those tensors and storages are kept
+alive with it, so that no recycled id or address can match), and calls it while the guard
+holds; any change (an optimiser step, ``load_state_dict``, ``.to()``, ``.data =``, a new eps,
+training-mode statistics, another input size) builds it again after a direct call. Parameters without
 version counters (inference tensors) never get one.
 
 When it is not used (:func:`dispatcher_unobservable`). Whenever skipping the dispatcher could be
