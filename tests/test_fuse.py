@@ -266,6 +266,92 @@ def test_report_reasons():
     assert "str" and "summary" in str(r)
 
 
+def _conv_bn_relu(seed=6):
+    torch.manual_seed(seed)
+    return randomise_batch_norm(nn.Sequential(
+        nn.Conv3d(3, 8, 3, padding=1, bias=False), nn.BatchNorm3d(8), nn.ReLU()).eval(), seed)
+
+
+def _double_reference(model, x):
+    """The unfused model (hooks included) in float64."""
+    return copy.deepcopy(model).double()(x.double())
+
+
+@pytest.mark.parametrize("where, kind", [
+    ("0", "pre"),     # a conv pre-hook that changes the input
+    ("0", "record"),  # a conv forward hook that records the output
+    ("1", "change"),  # a BatchNorm forward hook that replaces the output
+    ("2", "change"),  # an activation forward hook
+])
+def test_modules_with_hooks_are_not_fused_away(where, kind):
+    """A fused module calls the fused op, not the modules it replaces: their hooks would silently
+    stop running (a different answer, or activations no longer recorded). So a conv or BN with
+    forward (pre-)hooks is left alone with the reason, and an activation with hooks is left to
+    run after a chain fused with identity activation."""
+    model = _conv_bn_relu()
+    seen = []
+    target = model.get_submodule(where)
+    if kind == "pre":
+        target.register_forward_pre_hook(lambda m, args: (args[0] * 2 - 1,))
+    elif kind == "record":
+        target.register_forward_hook(lambda m, args, out: seen.append(out.shape))
+    else:
+        target.register_forward_hook(lambda m, args, out: out * 0.5 + 1)
+    x = torch.randn(1, 3, 4, 8, 8)
+    fused = videoconv.fuse(model)
+    with torch.no_grad():
+        expected = _double_reference(model, x)
+        seen.clear()
+        got = fused(x)
+    assert_close_rel(got.double(), expected, 1e-5)
+    if kind == "record":
+        assert seen == [torch.Size([1, 8, 4, 8, 8])]
+    report = videoconv.fuse_report(model)
+    if where == "2":
+        (chain,) = report.fused
+        assert chain.activation == "identity" and "activation 2 has forward hooks" in chain.note
+    else:
+        reasons = {e.path: e.reason for e in report.left}
+        assert set(reasons) == {"0", "1"} and not report.fused
+        assert "hooks, which a fused module would not run" in reasons[where]
+
+
+def test_hooked_conv_in_an_untraceable_sequential_is_left_alone():
+    """The structural fallback (a Sequential fx cannot trace) checks hooks too."""
+
+    class DataDependent(nn.Module):
+        def forward(self, x):
+            return x if x.sum() > 0 else -x
+
+    model = nn.Sequential(*_conv_bn_relu(), DataDependent()).eval()
+    model[0].register_forward_pre_hook(lambda m, args: (args[0] + 1,))
+    x = torch.randn(1, 3, 4, 8, 8)
+    fused = videoconv.fuse(model)
+    assert not any(isinstance(m, FusedModuleBase) for m in fused.modules())
+    with torch.no_grad():
+        assert_close_rel(fused(x).double(), _double_reference(model, x), 1e-5)
+    reasons = {e.path: e.reason for e in videoconv.fuse_report(model).left}
+    assert "forward pre-hooks" in reasons["0"]
+
+
+def test_squeeze_excitation_with_a_hooked_module_is_not_rewritten():
+    model = randomise_batch_norm(models.get_model("x3d_s"), seed=2, biases=True).eval()
+    sigmoids = [m for m in model.modules() if isinstance(m, nn.Sigmoid)]
+    before = sum(e.kind == "se-scale-act" for e in videoconv.fuse_report(model).fused)
+    sigmoids[0].register_forward_hook(lambda m, args, out: out * 0.5)
+    after = sum(e.kind == "se-scale-act" for e in videoconv.fuse_report(model).fused)
+    assert after == before - 1
+    x = torch.randn(1, *models.get_model_spec("x3d_s").test_input_shape)
+    fused = videoconv.fuse(model)
+    with torch.no_grad():
+        assert_close_rel(fused(x), model(x), 1e-4)
+
+
+def test_a_model_that_is_one_chain_reports_nothing_left():
+    report = videoconv.fuse_report(_conv_bn_relu())
+    assert [e.path for e in report.fused] == [""] and not report.left
+
+
 def test_inplace_and_backend():
     model = nn.Sequential(Conv3DBlock(3, 8), Conv3DBlock(8, 8, pool=2)).eval()
     randomise_batch_norm(model, 4)

@@ -29,6 +29,11 @@ How they are replaced
   submodule paths; Python attributes of the block that are not modules are not kept).
 * Modules that cannot be traced are searched structurally: ``nn.Sequential`` runs of
   Conv3d, BatchNorm3d, activation; and their children are visited in turn.
+* Modules with hooks of their own (forward, forward pre-, backward) are not fused away: a fused
+  module calls the fused op, not them, so their hooks would silently stop running. A Conv3d or
+  BatchNorm3d with hooks is left alone (``fuse_report`` gives the reason), an activation with
+  hooks stays after a chain fused with identity activation, and a Squeeze-and-Excitation block
+  with a hooked module is not rewritten (:func:`_hook_reason`). Global module hooks still run.
 
 state_dict
 ----------
@@ -182,6 +187,22 @@ def _is_add(node: fx.Node) -> bool:
     if node.op == "call_function" and node.target in _ADD_FUNCTIONS:
         return len(node.args) == 2
     return node.op == "call_method" and node.target in ("add", "add_") and len(node.args) == 2
+
+
+def _hook_reason(module: nn.Module) -> Optional[str]:
+    """Why ``module`` must not be fused away, if it has hooks: a fused module calls the fused op,
+    not the modules it replaces, so their forward (pre-)hooks and backward hooks would silently
+    stop running (a hook that changes an input or output would give a different answer, one
+    that records activations would record nothing). Global hooks
+    (``nn.modules.module.register_module_forward_hook``) still run on the fused module."""
+    kinds = [name for name, hooks in (
+        ("forward pre-hooks", module._forward_pre_hooks),
+        ("forward hooks", module._forward_hooks),
+        ("backward hooks", module._backward_hooks),
+        ("backward pre-hooks", getattr(module, "_backward_pre_hooks", None))) if hooks]
+    if not kinds:
+        return None
+    return f"has {' and '.join(kinds)}, which a fused module would not run"
 
 
 def _inplace_add(node: fx.Node) -> bool:
@@ -366,6 +387,9 @@ class _Fuser:
             except ValueError as exc:
                 why(path, str(exc).replace("videoconv.nn: conv ", ""))
                 continue
+            if _hook_reason(conv) is not None:
+                why(path, _hook_reason(conv))
+                continue
             if calls[path] > 1:
                 why(path, "module called more than once")
                 continue
@@ -382,6 +406,10 @@ class _Fuser:
             if isinstance(bn, nn.BatchNorm3d) and calls[nxt.target] == 1:
                 if bn.num_features != conv.out_channels or not bn.track_running_stats:
                     why(path, "BatchNorm does not match the conv or has no running statistics")
+                    continue
+                if _hook_reason(bn) is not None:
+                    why(nxt.target, _hook_reason(bn))
+                    why(path, f"its BatchNorm {nxt.target} {_hook_reason(bn)}")
                     continue
                 nodes += skipped + [nxt]
                 skipped = []
@@ -407,6 +435,10 @@ class _Fuser:
                     last = nxt
                     nxt = follow(nxt, skipped)
             act = _act_of(nxt, modules) if nxt is not None else None
+            if act is not None and nxt.op == "call_module" and _hook_reason(modules[nxt.target]):
+                act = None  # left to run as it is, with its hooks
+                chain.note = (f"activation {nxt.target} {_hook_reason(modules[nxt.target])}: "
+                              "fused with identity activation")
             if act is not None and (nxt.op != "call_module" or calls[nxt.target] == 1):
                 chain.nodes += skipped + [nxt]
                 chain.activation = act
@@ -639,6 +671,10 @@ class _Fuser:
                 act_node, activation = None, "identity"
             parts = [n.target for n in (pool, scale, act_node)
                      if n is not None and n.op == "call_module"]
+            hooked = [p for p in parts if _hook_reason(modules[p]) is not None]
+            if hooked:  # left as it is: its modules' hooks keep running
+                self.reasons.setdefault(_join(prefix, hooked[0]), _hook_reason(modules[hooked[0]]))
+                continue
             with graph.inserting_before(pool):
                 mean = graph.call_function(fused_channel_mean, (x,))
             pool.replace_all_uses_with(mean)
@@ -706,6 +742,8 @@ class _Fuser:
             if j < len(names):
                 m = seq._modules[names[j]]
                 act = "relu" if isinstance(m, nn.ReLU) else "silu" if isinstance(m, nn.SiLU) else None
+                if act is not None and _hook_reason(m) is not None:
+                    act = None  # left to run as it is, with its hooks
                 if act is not None:
                     act_name = names[j]
                     j += 1
@@ -716,6 +754,11 @@ class _Fuser:
                 if bn is not None and (seq._modules[bn].num_features != conv.out_channels
                                        or not seq._modules[bn].track_running_stats):
                     raise ValueError("BatchNorm does not match the conv or has no running statistics")
+                if _hook_reason(conv) is not None:
+                    raise ValueError(_hook_reason(conv))
+                if bn is not None and _hook_reason(seq._modules[bn]) is not None:
+                    self.reasons.setdefault(_join(prefix, bn), _hook_reason(seq._modules[bn]))
+                    raise ValueError(f"its BatchNorm {bn} {_hook_reason(seq._modules[bn])}")
             except ValueError as exc:
                 self.reasons.setdefault(_join(prefix, names[i]), str(exc))
                 i = j
@@ -911,8 +954,9 @@ def fuse_report(model: nn.Module, print_report: bool = False) -> FuseReport:
         report.append(LeftAlone(name, type(m).__name__, reason))
     # modules inside fused modules are fused, not left alone: drop those
     fused_paths = [n for n, m in result.named_modules() if isinstance(m, FusedModuleBase)]
-    report[:] = [e for e in report if not (isinstance(e, LeftAlone)
-                                           and any(e.path.startswith(p + ".") for p in fused_paths))]
+    # (a fused root, a model that is one chain, has path "": everything is inside it)
+    report[:] = [e for e in report if not (isinstance(e, LeftAlone) and any(
+        not p or e.path.startswith(p + ".") for p in fused_paths))]
     if print_report:
         print(report)
     return report
