@@ -225,6 +225,29 @@ def test_from_modules_errors():
         Conv3dBNAct(4, 8, 1, activation="gelu")
 
 
+@pytest.mark.parametrize("which", ["conv", "bn", "act"])
+@pytest.mark.parametrize("hook", ["forward", "pre", "backward"])
+def test_from_modules_refuses_modules_with_hooks(which, hook):
+    """A fused module runs the fused op, not the modules it is built from, so their own hooks
+    would silently stop running: building one from a module with hooks is an error naming them
+    (``videoconv.fuse`` leaves such modules alone instead)."""
+    conv, bn, act = nn.Conv3d(4, 8, 1), nn.BatchNorm3d(8), nn.ReLU()
+    target = {"conv": conv, "bn": bn, "act": act}[which]
+    if hook == "forward":
+        target.register_forward_hook(lambda m, args, out: None)
+    elif hook == "pre":
+        target.register_forward_pre_hook(lambda m, args: None)
+    else:
+        target.register_full_backward_hook(lambda m, gi, go: None)
+    word = {"forward": "forward hooks", "pre": "forward pre-hooks", "backward": "backward hooks"}
+    with pytest.raises(ValueError, match=f"{which}.*has {word[hook]}, which a fused module"):
+        Conv3dBNAct.from_modules(conv, bn, act)
+    c1, b1, a1, c2, b2, a2 = _unit()
+    b2.register_forward_hook(lambda m, args, out: None)
+    with pytest.raises(ValueError, match="bn2 has forward hooks"):
+        Conv2Plus1dBNAct.from_modules(c1, b1, a1, c2, b2, a2)
+
+
 def test_bad_input_errors_come_from_the_op():
     m = Conv3dBNAct(4, 8, 3).eval()
     w = m.conv.weight

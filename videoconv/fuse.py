@@ -33,7 +33,8 @@ How they are replaced
   module calls the fused op, not them, so their hooks would silently stop running. A Conv3d or
   BatchNorm3d with hooks is left alone (``fuse_report`` gives the reason), an activation with
   hooks stays after a chain fused with identity activation, and a Squeeze-and-Excitation block
-  with a hooked module is not rewritten (:func:`_hook_reason`). Global module hooks still run.
+  with a hooked module is not rewritten (``videoconv.nn._common.hooks_reason``). Global
+  module hooks still run.
 
 state_dict
 ----------
@@ -60,6 +61,7 @@ import torch.nn.functional as F
 
 from .nn import Conv2Plus1dBNAct, Conv3dBNAct, FusedModuleBase
 from .nn.conv2plus1d_bn_act import split_2plus1d_convs
+from .nn._common import hooks_reason as _hook_reason
 from .nn.conv3d_bn_act import check_conv3d_for_fusion
 from .ops.squeeze_excitation import fused_channel_mean, fused_scale_act
 
@@ -187,22 +189,6 @@ def _is_add(node: fx.Node) -> bool:
     if node.op == "call_function" and node.target in _ADD_FUNCTIONS:
         return len(node.args) == 2
     return node.op == "call_method" and node.target in ("add", "add_") and len(node.args) == 2
-
-
-def _hook_reason(module: nn.Module) -> Optional[str]:
-    """Why ``module`` must not be fused away, if it has hooks: a fused module calls the fused op,
-    not the modules it replaces, so their forward (pre-)hooks and backward hooks would silently
-    stop running (a hook that changes an input or output would give a different answer, one
-    that records activations would record nothing). Global hooks
-    (``nn.modules.module.register_module_forward_hook``) still run on the fused module."""
-    kinds = [name for name, hooks in (
-        ("forward pre-hooks", module._forward_pre_hooks),
-        ("forward hooks", module._forward_hooks),
-        ("backward hooks", module._backward_hooks),
-        ("backward pre-hooks", getattr(module, "_backward_pre_hooks", None))) if hooks]
-    if not kinds:
-        return None
-    return f"has {' and '.join(kinds)}, which a fused module would not run"
 
 
 def _inplace_add(node: fx.Node) -> bool:
@@ -386,9 +372,6 @@ class _Fuser:
                 check_conv3d_for_fusion(conv)
             except ValueError as exc:
                 why(path, str(exc).replace("videoconv.nn: conv ", ""))
-                continue
-            if _hook_reason(conv) is not None:
-                why(path, _hook_reason(conv))
                 continue
             if calls[path] > 1:
                 why(path, "module called more than once")
@@ -754,8 +737,6 @@ class _Fuser:
                 if bn is not None and (seq._modules[bn].num_features != conv.out_channels
                                        or not seq._modules[bn].track_running_stats):
                     raise ValueError("BatchNorm does not match the conv or has no running statistics")
-                if _hook_reason(conv) is not None:
-                    raise ValueError(_hook_reason(conv))
                 if bn is not None and _hook_reason(seq._modules[bn]) is not None:
                     self.reasons.setdefault(_join(prefix, bn), _hook_reason(seq._modules[bn]))
                     raise ValueError(f"its BatchNorm {bn} {_hook_reason(seq._modules[bn])}")

@@ -17,9 +17,28 @@ from ..ops.conv3d_bn_act_train import conv3d_bn_act_train
 __all__ = ["activation_name", "apply_activation", "FusedModuleBase", "module_tensor"]
 
 
+def hooks_reason(module: nn.Module) -> Optional[str]:
+    """Why ``module`` cannot be fused away, if it has hooks of its own: a fused module calls the
+    fused op, not the modules it replaces, so their forward (pre-)hooks and backward hooks would
+    silently stop running (a hook that changes an input or output would give a different
+    answer, one that records activations would record nothing). None without hooks. Global
+    hooks (``nn.modules.module.register_module_forward_hook``) still run on the fused module."""
+    kinds = [name for name, hooks in (
+        ("forward pre-hooks", module._forward_pre_hooks),
+        ("forward hooks", module._forward_hooks),
+        ("backward hooks", module._backward_hooks),
+        ("backward pre-hooks", getattr(module, "_backward_pre_hooks", None))) if hooks]
+    if not kinds:
+        return None
+    return f"has {' and '.join(kinds)}, which a fused module would not run"
+
+
 def activation_name(act, what: str = "activation") -> str:
     """The op's activation name for a module (``nn.ReLU``, ``nn.SiLU``, ``nn.Identity``, None) or
-    a string (``"relu"``, ``"silu"``/``"swish"``, ``"identity"``)."""
+    a string (``"relu"``, ``"silu"``/``"swish"``, ``"identity"``). ValueError for a module with
+    hooks (:func:`hooks_reason`)."""
+    if isinstance(act, nn.Module) and hooks_reason(act) is not None:
+        raise ValueError(f"videoconv.nn: {what} {type(act).__name__} {hooks_reason(act)}")
     if act is None or isinstance(act, nn.Identity):
         return "identity"
     if isinstance(act, str):

@@ -13,7 +13,7 @@ from ..ops._direct import dispatcher_unobservable, tensor_signature
 from ..ops.conv3d_bn_act import call_from_module as call_conv3d_bn_act
 from ..ops.conv3d_bn_act import prepare_from_module as prepare_conv3d_bn_act
 from ._common import (FusedModuleBase, _bn_eps, _fold_sources_of, _key_referents,
-                      _sources_key, activation_name)
+                      _sources_key, activation_name, hooks_reason)
 from .folding import fold_conv_bn
 
 __all__ = ["Conv3dBNAct", "check_conv3d_for_fusion", "check_bn_for_fusion"]
@@ -31,6 +31,8 @@ def check_conv3d_for_fusion(conv, what: str = "conv") -> None:
     if isinstance(conv.padding, str):
         raise ValueError(f"videoconv.nn: {what} has padding={conv.padding!r}; give the padding "
                          "explicitly to fuse it")
+    if hooks_reason(conv) is not None:
+        raise ValueError(f"videoconv.nn: {what} {hooks_reason(conv)}")
 
 
 def check_bn_for_fusion(bn, channels: int, what: str = "bn", conv: str = "conv") -> None:
@@ -45,6 +47,8 @@ def check_bn_for_fusion(bn, channels: int, what: str = "bn", conv: str = "conv")
             f"videoconv.nn: {what} has num_features={bn.num_features} but {conv} has "
             f"out_channels={channels}; they must match"
         )
+    if hooks_reason(bn) is not None:
+        raise ValueError(f"videoconv.nn: {what} {hooks_reason(bn)}")
     # track_running_stats=False is accepted: such a BatchNorm normalises with batch statistics
     # in eval mode too, which the modules run on the training path (never folded).
 
