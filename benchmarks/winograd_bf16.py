@@ -31,14 +31,17 @@ import argparse
 import torch
 import torch.nn.functional as F
 
+from videoconv.backends.cpu import _WINOGRAD_G
+
 F64 = torch.float64
 
-# Lavin & Gray's matrices: F(4, 3) and F(2, 3), each (B^T, G, A^T).
+# Lavin & Gray's matrices: F(4, 3) and F(2, 3), each (B^T, G, A^T). F(4, 3)'s G is the one the
+# cpu backend transforms the kernel's weights with; B^T and A^T are the kernel's transforms
+# (input_transform6 / output_transform6 in csrc/cpu/conv3d_winograd.cpp).
 _F4 = (
     [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
      [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
-    [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
-     [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
+    _WINOGRAD_G,
     [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
 )
 _F2 = (

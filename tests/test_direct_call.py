@@ -91,9 +91,7 @@ def test_direct_path_for_the_2plus1d_unit():
         via_op = torch.ops.videoconv.conv2plus1d_bn_act.default(
             x, m.conv1.weight, s1, t1, m.conv2.weight, s2, t2, list(m.stride),
             list(m.padding), m.activation, m.temporal_first, None)
-        c1, b1 = copy.deepcopy(m.conv1).double(), copy.deepcopy(m.bn1).double()
-        c2, b2 = copy.deepcopy(m.conv2).double(), copy.deepcopy(m.bn2).double()
-        expected = torch.relu(b2(c2(torch.relu(b1(c1(x.double()))))))
+        expected = _float64_unit(m, x)
     assert m._direct.hits == 1
     assert torch.equal(direct, via_op)
     torch.testing.assert_close(direct.double(), expected, rtol=1e-4, atol=1e-4)

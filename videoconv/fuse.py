@@ -390,9 +390,10 @@ class _Fuser:
                 if bn.num_features != conv.out_channels or not bn.track_running_stats:
                     why(path, "BatchNorm does not match the conv or has no running statistics")
                     continue
-                if _hook_reason(bn) is not None:
-                    why(nxt.target, _hook_reason(bn))
-                    why(path, f"its BatchNorm {nxt.target} {_hook_reason(bn)}")
+                hooked = _hook_reason(bn)
+                if hooked is not None:
+                    why(nxt.target, hooked)
+                    why(path, f"its BatchNorm {nxt.target} {hooked}")
                     continue
                 nodes += skipped + [nxt]
                 skipped = []
@@ -418,10 +419,11 @@ class _Fuser:
                     last = nxt
                     nxt = follow(nxt, skipped)
             act = _act_of(nxt, modules) if nxt is not None else None
-            if act is not None and nxt.op == "call_module" and _hook_reason(modules[nxt.target]):
+            hooked = (_hook_reason(modules[nxt.target])
+                      if act is not None and nxt.op == "call_module" else None)
+            if hooked is not None:
                 act = None  # left to run as it is, with its hooks
-                chain.note = (f"activation {nxt.target} {_hook_reason(modules[nxt.target])}: "
-                              "fused with identity activation")
+                chain.note = f"activation {nxt.target} {hooked}: fused with identity activation"
             if act is not None and (nxt.op != "call_module" or calls[nxt.target] == 1):
                 chain.nodes += skipped + [nxt]
                 chain.activation = act
@@ -737,9 +739,10 @@ class _Fuser:
                 if bn is not None and (seq._modules[bn].num_features != conv.out_channels
                                        or not seq._modules[bn].track_running_stats):
                     raise ValueError("BatchNorm does not match the conv or has no running statistics")
-                if bn is not None and _hook_reason(seq._modules[bn]) is not None:
-                    self.reasons.setdefault(_join(prefix, bn), _hook_reason(seq._modules[bn]))
-                    raise ValueError(f"its BatchNorm {bn} {_hook_reason(seq._modules[bn])}")
+                hooked = None if bn is None else _hook_reason(seq._modules[bn])
+                if hooked is not None:
+                    self.reasons.setdefault(_join(prefix, bn), hooked)
+                    raise ValueError(f"its BatchNorm {bn} {hooked}")
             except ValueError as exc:
                 self.reasons.setdefault(_join(prefix, names[i]), str(exc))
                 i = j
