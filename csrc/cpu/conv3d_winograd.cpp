@@ -70,49 +70,123 @@ namespace {
 
 using namespace vec16;
 
-constexpr int64_t kTileBlock = 64;  // output tiles per GEMM block (see the note above)
+// The two tile sizes. Each names its output tile kM x kM, its input patch kAlpha x kAlpha
+// (kAlpha = kM + 2), its block of output tiles per GEMM round (see the note above) and its
+// transforms, o = B^T d (input) and o = A^T m (output), applied to kAlpha vectors at a time.
+template <int M>
+struct WinogradTile;
 
-// B^T (6x6) of the input transform: o = B^T d for six vectors.
-inline void input_transform6(const vf16* d, vf16* o) {
-  o[0] = 4.f * d[0] - 5.f * d[2] + d[4];
-  o[1] = -4.f * (d[1] + d[2]) + d[3] + d[4];
-  o[2] = 4.f * (d[1] - d[2]) - d[3] + d[4];
-  o[3] = 2.f * (d[3] - d[1]) - d[2] + d[4];
-  o[4] = 2.f * (d[1] - d[3]) - d[2] + d[4];
-  o[5] = 4.f * d[1] - 5.f * d[3] + d[5];
+// F(4x4, 3x3): Lavin & Gray's matrices, with their common subexpressions written out.
+template <>
+struct WinogradTile<4> {
+  static constexpr int kM = 4, kAlpha = 6;
+  static constexpr int64_t kTileBlock = 64;
+  __attribute__((always_inline)) static inline void input_transform(const vf16* d, vf16* o) {
+    o[0] = 4.f * d[0] - 5.f * d[2] + d[4];
+    o[1] = -4.f * (d[1] + d[2]) + d[3] + d[4];
+    o[2] = 4.f * (d[1] - d[2]) - d[3] + d[4];
+    o[3] = 2.f * (d[3] - d[1]) - d[2] + d[4];
+    o[4] = 2.f * (d[1] - d[3]) - d[2] + d[4];
+    o[5] = 4.f * d[1] - 5.f * d[3] + d[5];
+  }
+  __attribute__((always_inline)) static inline void output_transform(const vf16* m, vf16* o) {
+    const vf16 a = m[1] + m[2], b = m[1] - m[2], p = m[3] + m[4], q = m[3] - m[4];
+    o[0] = m[0] + a + p;
+    o[1] = b + 2.f * q;
+    o[2] = a + 4.f * p;
+    o[3] = b + 8.f * q + m[5];
+  }
+};
+
+// o = mat v for a constant matrix: the loops unroll fully, so every coefficient is a constant,
+// and the zero terms (about a quarter of F(7x7)'s B^T) and the multiplications by 1 fold away.
+template <int R, int C>
+__attribute__((always_inline)) static inline void apply_constant(const float (&mat)[R][C],
+                                                                 const vf16* v, vf16* o) {
+#pragma GCC unroll 16
+  for (int i = 0; i < R; i++) {
+    vf16 acc = {};
+    bool first = true;
+#pragma GCC unroll 16
+    for (int j = 0; j < C; j++) {
+      if (mat[i][j] == 0.f) continue;
+      acc = first ? mat[i][j] * v[j] : acc + mat[i][j] * v[j];
+      first = false;
+    }
+    o[i] = acc;
+  }
 }
 
-// A^T (4x6) of the output transform: o = A^T m for six vectors.
-inline void output_transform6(const vf16* m, vf16* o) {
-  const vf16 a = m[1] + m[2], b = m[1] - m[2], p = m[3] + m[4], q = m[3] - m[4];
-  o[0] = m[0] + a + p;
-  o[1] = b + 2.f * q;
-  o[2] = a + 4.f * p;
-  o[3] = b + 8.f * q + m[5];
-}
+// F(7x7, 3x3), bfloat16 only (the choice is made in videoconv/backends/cpu.py, _winograd_tile):
+// interpolation points 0, 1, -1, 2, -2, 1/2, -1/2, 4 and infinity, the Cook-Toom construction
+// with 1/f_j in G (as Lavin & Gray's F(4x4)); G is in _WINOGRAD_G7 on the Python side.
+// Why: 81 products per 49 outputs (1.65 per output) against F(4x4)'s 36 per 16 (2.25), 27%
+// fewer, and 44% fewer on 14x14 and 7x7 maps, which 4x4 tiles cover with a quarter of their
+// outputs wasted; the V and M traffic shrinks with the products. 56, 28, 14 and 7, the spatial
+// sizes of every ResNet-style video model at 112 or 224 input, are multiples of 7.
+// The cost is accuracy: in float32 arithmetic (benchmarks/winograd_bf16.py, 64 -> 144 at 56x56)
+// its error is 1.0e-5 mean and 1.9e-4 max (relative to the mean and the largest output), against
+// F(4x4)'s 9.7e-7 and 5.9e-6: well under the 1.4e-3 / 2.7e-3 of rounding the output to bfloat16
+// once, but over float32's. So float32 keeps F(4x4). Of the eighth points tried (3, 4, +-1/4,
+// +-3/2), 4 gave the smallest errors.
+template <>
+struct WinogradTile<7> {
+  static constexpr int kM = 7, kAlpha = 9;
+  // 32 tiles of 49 outputs: V and M (81 planes each) about the size of F(4x4)'s 64-tile blocks.
+  static constexpr int64_t kTileBlock = 32;
+  static constexpr float kBT[9][9] = {
+      {4.f, -1.f, -21.f, 21.f / 4, 21.f, -21.f / 4, -4.f, 1.f, 0.f},
+      {0.f, -4.f, -3.f, 18.f, 51.f / 4, -33.f / 4, -3.f, 1.f, 0.f},
+      {0.f, 4.f, -5.f, -16.f, 85.f / 4, -1.f / 4, -5.f, 1.f, 0.f},
+      {0.f, -2.f, -1.f / 2, 41.f / 4, 5.f / 2, -37.f / 4, -2.f, 1.f, 0.f},
+      {0.f, 2.f, -3.f / 2, -39.f / 4, 15.f / 2, 27.f / 4, -6.f, 1.f, 0.f},
+      {0.f, -8.f, -14.f, 14.f, 35.f / 2, -7.f, -7.f / 2, 1.f, 0.f},
+      {0.f, 8.f, -18.f, -6.f, 45.f / 2, -3.f, -9.f / 2, 1.f, 0.f},
+      {0.f, -1.f, 0.f, 21.f / 4, 0.f, -21.f / 4, 0.f, 1.f, 0.f},
+      {0.f, 4.f, -1.f, -21.f, 21.f / 4, 21.f, -21.f / 4, -4.f, 1.f},
+  };
+  static constexpr float kAT[7][9] = {
+      {1.f, 1.f, 1.f, 1.f, 1.f, 1.f, 1.f, 1.f, 0.f},
+      {0.f, 1.f, -1.f, 2.f, -2.f, 1.f / 2, -1.f / 2, 4.f, 0.f},
+      {0.f, 1.f, 1.f, 4.f, 4.f, 1.f / 4, 1.f / 4, 16.f, 0.f},
+      {0.f, 1.f, -1.f, 8.f, -8.f, 1.f / 8, -1.f / 8, 64.f, 0.f},
+      {0.f, 1.f, 1.f, 16.f, 16.f, 1.f / 16, 1.f / 16, 256.f, 0.f},
+      {0.f, 1.f, -1.f, 32.f, -32.f, 1.f / 32, -1.f / 32, 1024.f, 0.f},
+      {0.f, 1.f, 1.f, 64.f, 64.f, 1.f / 64, 1.f / 64, 4096.f, 1.f},
+  };
+  __attribute__((always_inline)) static inline void input_transform(const vf16* d, vf16* o) {
+    apply_constant(kBT, d, o);
+  }
+  __attribute__((always_inline)) static inline void output_transform(const vf16* m, vf16* o) {
+    apply_constant(kAT, m, o);
+  }
+};
 
 struct Geometry {
   int64_t frames_in, h, w, ci;        // input per sample (frames_in = D)
   int64_t frames_out, ho, wo, co;     // output per sample
   int64_t co_pad;                     // U's C_out columns: co rounded up to a multiple of 16
   int64_t taps, pad_t, pad_h, pad_w;  // kt and padding
+  int64_t tile;                       // output tile side: 4 or 7
+  int64_t tile_block;                 // output tiles per GEMM round (WinogradTile::kTileBlock)
   int64_t tiles_h, tiles_w;
   int64_t tiles_per_frame() const { return tiles_h * tiles_w; }
-  // Distance between the 36 planes of V and of M in a block buffer: one cache line more than
-  // the plane, so that the 36 values of one tile and channel group (read or written together by
-  // the transforms) fall in different L1 sets. Unpadded, the plane is a multiple of 4 KiB for
-  // many channel counts and all 36 would alias a few sets. (A precaution: it made no difference
+  // Distance between the kAlpha^2 planes of V and of M in a block buffer: one cache line more
+  // than the plane, so that the values of one tile and channel group (read or written together
+  // by the transforms) fall in different L1 sets. Unpadded, the plane is a multiple of 4 KiB for
+  // many channel counts and all would alias a few sets. (A precaution: it made no difference
   // that stood out of the noise on r2plus1d_18's shapes.)
-  int64_t v_plane() const { return kTileBlock * ci + kLanes; }
+  int64_t v_plane() const { return tile_block * ci + kLanes; }
   int64_t co_chunk;                   // output channels per work item (see the kernel)
-  int64_t m_plane() const { return kTileBlock * co_chunk + kLanes; }
+  int64_t m_plane() const { return tile_block * co_chunk + kLanes; }
 };
 
 // V[p][k][ci] for the tiles t0 .. t0+nt of temporal tap `tap` (zeros where the tile's input
-// frame is temporal padding; spatial padding is zeros in the 6x6 patch).
-template <typename T>
+// frame is temporal padding; spatial padding is zeros in the input patch).
+template <typename W, typename T>
 VIDEOCONV_ISA_CLONES void transform_input_block(const T* x, const Geometry& g, int64_t t0,
                                                 int64_t nt, int64_t tap, float* V) {
+  constexpr int A = W::kAlpha;
   const int64_t tpf = g.tiles_per_frame();
   const vf16 zero = {};
   for (int64_t k = 0; k < nt; k++) {
@@ -123,63 +197,65 @@ VIDEOCONV_ISA_CLONES void transform_input_block(const T* x, const Geometry& g, i
     const int64_t t_in = t_out - g.pad_t + tap;
     const bool frame_ok = t_in >= 0 && t_in < g.frames_in;
     const T* xf = x + ((n * g.frames_in + (frame_ok ? t_in : 0)) * g.h) * g.w * g.ci;
-    const int64_t h0 = ty * 4 - g.pad_h, w0 = tx * 4 - g.pad_w;
-    bool inside[6][6];
-    for (int i = 0; i < 6; i++) {
-      for (int j = 0; j < 6; j++) {
+    const int64_t h0 = ty * W::kM - g.pad_h, w0 = tx * W::kM - g.pad_w;
+    bool inside[A][A];
+    for (int i = 0; i < A; i++) {
+      for (int j = 0; j < A; j++) {
         const int64_t hh = h0 + i, ww = w0 + j;
         inside[i][j] = frame_ok && hh >= 0 && hh < g.h && ww >= 0 && ww < g.w;
       }
     }
     for (int64_t c0 = 0; c0 < g.ci; c0 += kLanes) {
-      vf16 t[6][6];  // t = B^T d, column by column
-      for (int j = 0; j < 6; j++) {
-        vf16 col[6];
-        for (int i = 0; i < 6; i++) {
+      vf16 t[A][A];  // t = B^T d, column by column
+      for (int j = 0; j < A; j++) {
+        vf16 col[A];
+        for (int i = 0; i < A; i++) {
           col[i] = inside[i][j] ? load16(xf + ((h0 + i) * g.w + (w0 + j)) * g.ci + c0) : zero;
         }
-        vf16 o[6];
-        input_transform6(col, o);
-        for (int i = 0; i < 6; i++) t[i][j] = o[i];
+        vf16 o[A];
+        W::input_transform(col, o);
+        for (int i = 0; i < A; i++) t[i][j] = o[i];
       }
-      for (int i = 0; i < 6; i++) {  // V[i][:] = t[i][:] B
-        vf16 o[6];
-        input_transform6(t[i], o);
-        for (int j = 0; j < 6; j++) store16(o[j], V + (i * 6 + j) * g.v_plane() + k * g.ci + c0);
+      for (int i = 0; i < A; i++) {  // V[i][:] = t[i][:] B
+        vf16 o[A];
+        W::input_transform(t[i], o);
+        for (int j = 0; j < A; j++) store16(o[j], V + (i * A + j) * g.v_plane() + k * g.ci + c0);
       }
     }
   }
 }
 
 // y = act(A^T M A + shift [+ residual]) for the tiles t0 .. t0+nt, clipped at the output edge.
-template <typename T>
+template <typename W, typename T>
 VIDEOCONV_ISA_CLONES void transform_output_block(const float* M, const float* shift,
                                                  const T* residual, T* y, const Geometry& g,
                                                  int64_t t0, int64_t nt, int64_t co_begin,
                                                  int64_t cn, int activation) {
+  constexpr int A = W::kAlpha, TM = W::kM;
   const int64_t tpf = g.tiles_per_frame();
   for (int64_t k = 0; k < nt; k++) {
     const int64_t tile = t0 + k;
     const int64_t tx = tile % g.tiles_w, ty = (tile / g.tiles_w) % g.tiles_h;
     const int64_t frame_out = tile / tpf;
-    const int64_t rows = std::min<int64_t>(4, g.ho - ty * 4), cols = std::min<int64_t>(4, g.wo - tx * 4);
+    const int64_t rows = std::min<int64_t>(TM, g.ho - ty * TM);
+    const int64_t cols = std::min<int64_t>(TM, g.wo - tx * TM);
     for (int64_t cm = 0; cm < cn; cm += kLanes) {  // cm: channel within M's chunk
       const int64_t c0 = co_begin + cm;
       const int64_t valid = std::min(kLanes, g.co - c0);  // < 16 only in C_out's last group
       const vf16 sh = load16(shift + c0);  // shift is padded to co_pad by the caller
-      vf16 t[4][6];  // t = A^T M, column by column
-      for (int j = 0; j < 6; j++) {
-        vf16 col[6];
-        for (int i = 0; i < 6; i++) col[i] = load16(M + (i * 6 + j) * g.m_plane() + k * g.co_chunk + cm);
-        vf16 o[4];
-        output_transform6(col, o);
-        for (int i = 0; i < 4; i++) t[i][j] = o[i];
+      vf16 t[TM][A];  // t = A^T M, column by column
+      for (int j = 0; j < A; j++) {
+        vf16 col[A];
+        for (int i = 0; i < A; i++) col[i] = load16(M + (i * A + j) * g.m_plane() + k * g.co_chunk + cm);
+        vf16 o[TM];
+        W::output_transform(col, o);
+        for (int i = 0; i < TM; i++) t[i][j] = o[i];
       }
       for (int i = 0; i < rows; i++) {
-        vf16 o[4];
-        output_transform6(t[i], o);  // the row: o = t[i] A
+        vf16 o[TM];
+        W::output_transform(t[i], o);  // the row: o = t[i] A
         for (int j = 0; j < cols; j++) {
-          const int64_t off = ((frame_out * g.ho + ty * 4 + i) * g.wo + tx * 4 + j) * g.co + c0;
+          const int64_t off = ((frame_out * g.ho + ty * TM + i) * g.wo + tx * TM + j) * g.co + c0;
           vf16 v = o[j] + sh;
           if (residual != nullptr) {
             v += valid == kLanes ? load16(residual + off) : load16_first(residual + off, valid);
@@ -203,7 +279,7 @@ VIDEOCONV_ISA_CLONES void transform_output_block(const float* M, const float* sh
   }
 }
 
-// Work items are (block of kTileBlock tiles) x (chunk of output channels). Large layers have
+// Work items are (block of tile_block tiles) x (chunk of output channels). Large layers have
 // many tile blocks and one chunk: each item reads all of U, which stays in L2/L3 between items.
 // Small late layers (a few frames of 14x14 or less) have fewer tile blocks than threads x 4;
 // their C_out is then split so that every thread has work and each reads only its chunk of U
@@ -211,11 +287,16 @@ VIDEOCONV_ISA_CLONES void transform_output_block(const float* M, const float* sh
 // thread every thread streamed whole from DRAM; splitting took that layer from 0.80x to 0.86x
 // of oneDNN in bfloat16, which is why bfloat16 still leaves such layers to oneDNN, and float32
 // gains either way). The input transform is repeated per chunk; it is a few % of an item.
-template <typename T>
+template <typename W, typename T>
 void conv3d_winograd_kernel(const T* x, const float* U, const float* shift, const T* residual,
                             T* y, int64_t batch, Geometry g, int activation) {
+  constexpr int P = W::kAlpha * W::kAlpha;  // planes: products per tile and channel pair
+  g.tile = W::kM;
+  g.tile_block = W::kTileBlock;
+  g.tiles_h = (g.ho + W::kM - 1) / W::kM;
+  g.tiles_w = (g.wo + W::kM - 1) / W::kM;
   const int64_t ntiles = batch * g.frames_out * g.tiles_per_frame();
-  const int64_t nblocks = (ntiles + kTileBlock - 1) / kTileBlock;
+  const int64_t nblocks = (ntiles + g.tile_block - 1) / g.tile_block;
   const int64_t lane_groups = g.co_pad / kLanes;
   const int64_t wanted_items = 4 * static_cast<int64_t>(at::get_num_threads());
   const int64_t splits = std::min<int64_t>(
@@ -224,19 +305,19 @@ void conv3d_winograd_kernel(const T* x, const float* U, const float* shift, cons
   const int64_t groups_per_chunk = (lane_groups + splits - 1) / splits;
   const int64_t nchunks = (lane_groups + groups_per_chunk - 1) / groups_per_chunk;
   g.co_chunk = groups_per_chunk * kLanes;
-  const int64_t u_tap = 36 * g.ci * g.co_pad;
+  const int64_t u_tap = P * g.ci * g.co_pad;
   at::parallel_for(0, nblocks * nchunks, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> V(36 * g.v_plane()), M(36 * g.m_plane());
+    std::vector<float> V(P * g.v_plane()), M(P * g.m_plane());
     for (int64_t item = i0; item < i1; item++) {
       // Chunk-major: a thread's consecutive items share a chunk of U across tile blocks.
       const int64_t chunk = item / nblocks, b = item % nblocks;
-      const int64_t t0 = b * kTileBlock, nt = std::min(kTileBlock, ntiles - t0);
+      const int64_t t0 = b * g.tile_block, nt = std::min(g.tile_block, ntiles - t0);
       const int64_t co_begin = chunk * g.co_chunk;
       // The GEMMs run over the padded columns (zeros in U); the output transform stops at g.co.
       const int64_t cn = std::min(g.co_chunk, g.co_pad - co_begin);
       for (int64_t tap = 0; tap < g.taps; tap++) {
-        transform_input_block<T>(x, g, t0, nt, tap, V.data());
-        for (int p = 0; p < 36; p++) {
+        transform_input_block<W, T>(x, g, t0, nt, tap, V.data());
+        for (int p = 0; p < P; p++) {
           // M[p] (+)= V[p] @ U[tap][p][:, chunk]: (nt x Ci) @ (Ci x cn), float32 accumulation.
           at::native::cpublas::brgemm(nt, cn, g.ci, g.ci, g.co_pad, g.co_chunk, /*add_C=*/tap > 0,
                                       V.data() + p * g.v_plane(),
@@ -244,7 +325,8 @@ void conv3d_winograd_kernel(const T* x, const float* U, const float* shift, cons
                                       M.data() + p * g.m_plane(), /*is_vnni=*/false);
         }
       }
-      transform_output_block<T>(M.data(), shift, residual, y, g, t0, nt, co_begin, cn, activation);
+      transform_output_block<W, T>(M.data(), shift, residual, y, g, t0, nt, co_begin, cn,
+                                   activation);
     }
   });
   at::native::cpublas::brgemm_release(/*is_vnni=*/false);
@@ -259,9 +341,16 @@ at::Tensor conv3d_winograd_cpu(const at::Tensor& input, const at::Tensor& U,
               "_conv3d_winograd_cpu: input must be 5-D and channels_last_3d");
   TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kBFloat16,
               "_conv3d_winograd_cpu: input must be float32 or bfloat16");
-  TORCH_CHECK(U.dim() == 4 && U.size(1) == 36 && U.scalar_type() == at::kFloat && U.is_contiguous(),
-              "_conv3d_winograd_cpu: U must be a contiguous float32 (kt, 36, C_in, C_out rounded up "
-              "to a multiple of 16) tensor");
+  TORCH_CHECK(U.dim() == 4 && (U.size(1) == 36 || U.size(1) == 81) &&
+                  U.scalar_type() == at::kFloat && U.is_contiguous(),
+              "_conv3d_winograd_cpu: U must be a contiguous float32 (kt, 36 or 81, C_in, C_out "
+              "rounded up to a multiple of 16) tensor: 36 planes for F(4x4, 3x3), 81 for F(7x7, "
+              "3x3)");
+  const bool tile7 = U.size(1) == 81;
+  TORCH_CHECK(!tile7 || input.scalar_type() == at::kBFloat16,
+              "_conv3d_winograd_cpu: F(7x7, 3x3) (U with 81 planes) is for bfloat16 tensors only: "
+              "its float32 error (up to ~2e-4 of the largest output) is under bfloat16's rounding "
+              "but not float32's");
   TORCH_CHECK(padding.size() == 3, "_conv3d_winograd_cpu: padding must have 3 values");
   Geometry g;
   const int64_t batch = input.size(0);
@@ -289,8 +378,6 @@ at::Tensor conv3d_winograd_cpu(const at::Tensor& input, const at::Tensor& U,
   g.wo = g.w + 2 * g.pad_w - 2;
   TORCH_CHECK(g.frames_out > 0 && g.ho > 0 && g.wo > 0 && g.pad_h <= 2 && g.pad_w <= 2,
               "_conv3d_winograd_cpu: input smaller than the kernel, or padding above 2");
-  g.tiles_h = (g.ho + 3) / 4;
-  g.tiles_w = (g.wo + 3) / 4;
   auto y = at::empty({batch, g.co, g.frames_out, g.ho, g.wo}, input.options().memory_format(cl));
   const bool has_res = residual.has_value() && residual->defined();
   if (has_res) {
@@ -305,15 +392,15 @@ at::Tensor conv3d_winograd_cpu(const at::Tensor& input, const at::Tensor& U,
   const at::Tensor shift_padded =
       g.co_pad == g.co ? shift : at::constant_pad_nd(shift, {0, g.co_pad - g.co});
   if (input.scalar_type() == at::kFloat) {
-    conv3d_winograd_kernel<float>(input.data_ptr<float>(), U.data_ptr<float>(),
-                                  shift_padded.data_ptr<float>(),
-                                  has_res ? residual->data_ptr<float>() : nullptr,
-                                  y.data_ptr<float>(), batch, g, act);
+    conv3d_winograd_kernel<WinogradTile<4>, float>(
+        input.data_ptr<float>(), U.data_ptr<float>(), shift_padded.data_ptr<float>(),
+        has_res ? residual->data_ptr<float>() : nullptr, y.data_ptr<float>(), batch, g, act);
   } else {
-    conv3d_winograd_kernel<at::BFloat16>(
-        input.data_ptr<at::BFloat16>(), U.data_ptr<float>(), shift_padded.data_ptr<float>(),
-        has_res ? residual->data_ptr<at::BFloat16>() : nullptr, y.data_ptr<at::BFloat16>(),
-        batch, g, act);
+    auto* run = tile7 ? &conv3d_winograd_kernel<WinogradTile<7>, at::BFloat16>
+                      : &conv3d_winograd_kernel<WinogradTile<4>, at::BFloat16>;
+    run(input.data_ptr<at::BFloat16>(), U.data_ptr<float>(), shift_padded.data_ptr<float>(),
+        has_res ? residual->data_ptr<at::BFloat16>() : nullptr, y.data_ptr<at::BFloat16>(), batch,
+        g, act);
   }
   return y;
 }

@@ -25,14 +25,16 @@ tiles. The pass reads the output once (eager BatchNorm reads it twice for mean a
 normalising), in fixed-size blocks that stay in cache while each is centred (see the C++ file).
 
 Convolutions with a (kt, 3, 3) kernel, stride 1 and no groups (the spatial convs of R(2+1)D, the
-3x3x3 convs of R3D/I3D) run instead through Winograd's F(4x4, 3x3) in the spatial dimensions:
+3x3x3 convs of R3D/I3D) run instead through Winograd's F(4x4, 3x3) in the spatial dimensions
+(bfloat16: F(7x7, 3x3) where it does fewer products, :func:`_winograd_tile`):
 ``videoconv::_conv3d_winograd_cpu`` (csrc/cpu/conv3d_winograd.cpp), with the folded weight
 transformed once per weight (:func:`_winograd_weight`, float64, cached like a packed weight) and
 the shift, residual and activation applied in the kernel's output transform. It does 4x fewer
 multiplies; oneDNN's direct kernels already run near the FMA peak there, so this is the only
 way left to be faster. The products are float32 (also for bfloat16 tensors; see the C++ file
 for why). Which layers qualify is :func:`_use_winograd`; ``VIDEOCONV_CPU_WINOGRAD=0`` (read at
-import) turns it off, e.g. to compare with oneDNN or to get oneDNN's rounding exactly.
+import) turns it off, e.g. to compare with oneDNN or to get oneDNN's rounding exactly;
+``VIDEOCONV_CPU_WINOGRAD_7X7=0`` keeps bfloat16 on F(4x4).
 
 1x1x1 convolutions (X3D's and CSN's expansions and projections, the ResNet shortcuts) run, where
 measured faster, through ``videoconv::_conv3d_pointwise_cpu`` (csrc/cpu/conv3d_pointwise.cpp):
@@ -290,6 +292,21 @@ WINOGRAD = os.environ.get("VIDEOCONV_CPU_WINOGRAD", "1") != "0"
 #:   (float32) or 8x (bfloat16) the weight: at most _WINOGRAD_MAX_WEIGHT_BYTES per layer, which
 #:   leaves r2plus1d_18's layer4 (85 MB per conv) to oneDNN.
 _WINOGRAD_MIN_TILES_BF16 = 128
+
+#: F(7x7, 3x3) for bfloat16 (:func:`_winograd_tile`); read at import.
+WINOGRAD_7X7 = os.environ.get("VIDEOCONV_CPU_WINOGRAD_7X7", "1") != "0"
+
+#: When bfloat16 takes F(7x7, 3x3) rather than F(4x4) (:func:`_winograd_tile`). 7x7 tiles do 81
+#: products per 49 outputs against 36 per 16, 27% fewer where both tile the map exactly (56, 28:
+#: the maps of every ResNet-style video model are multiples of 7) and 44% fewer at 14 and 7. On
+#: the project's Zen 5, in turns (`python benchmarks/winograd_ab.py`), F(7x7) was 1.13-1.25x
+#: faster than F(4x4) on the 16x56x56 layers of r2plus1d_18 / r3d_18 and 1.02-1.19x at 8x28x28
+#: (noisy), but 0.86x on a 2x19x19 test shape with 18 tiles (fewer blocks than threads) and
+#: 0.58x on a 2x7x7 512 -> 1152 one whose 191 MB transformed weight streams from DRAM. So: at
+#: least _WINOGRAD7_MIN_TILES tiles of 7x7, at most _WINOGRAD7_MAX_PRODUCTS of F(4x4)'s
+#: products, and the transformed weight (81/36 of F(4x4)'s) within _WINOGRAD_MAX_WEIGHT_BYTES.
+_WINOGRAD7_MIN_TILES = 128
+_WINOGRAD7_MAX_PRODUCTS = 0.8
 _WINOGRAD_MIN_CHANNELS_BF16 = 64
 _WINOGRAD_MAX_WEIGHT_BYTES = 32 << 20
 _WINOGRAD_LANES = 16  # the kernel's channel vector (csrc/cpu/conv3d_winograd.cpp)
@@ -314,13 +331,31 @@ def _has_winograd_kernel() -> bool:
     return _winograd_kernel
 
 
-def _winograd_tiles(key) -> int:
-    """Output tiles (4x4 positions of one output frame) of the convolution ``key`` describes."""
+def _winograd_tiles(key, tile: int = 4) -> int:
+    """Output tiles (``tile`` x ``tile`` positions of one output frame) of the convolution
+    ``key`` describes."""
     (_, _, _, wshape), _, padding, _, _, input_size = key
     n, _, d, h, w = input_size
     d_out = d + 2 * padding[0] - wshape[2] + 1
     h_out, w_out = h + 2 * padding[1] - 2, w + 2 * padding[2] - 2
-    return n * max(d_out, 0) * math.ceil(max(h_out, 0) / 4) * math.ceil(max(w_out, 0) / 4)
+    return (n * max(d_out, 0) * math.ceil(max(h_out, 0) / tile)
+            * math.ceil(max(w_out, 0) / tile))
+
+
+def _winograd_tile(key) -> int:
+    """The output tile of a convolution that :func:`_use_winograd` takes: 7 (F(7x7, 3x3)) for
+    bfloat16 within the limits above, else 4 (F(4x4, 3x3)). float32 always takes 4: F(7x7)'s
+    error, ~10x F(4x4)'s (1.9e-4 of the largest output at worst), is well under bfloat16's
+    rounding but not under float32's (csrc/cpu/conv3d_winograd.cpp, WinogradTile<7>)."""
+    (dtype, _, _, wshape), *_ = key
+    if not (WINOGRAD_7X7 and dtype == torch.bfloat16):
+        return 4
+    c_out, c_in, taps = wshape[0], wshape[1], wshape[2]
+    tiles7 = _winograd_tiles(key, 7)
+    if (4 * 81 * taps * c_in * _winograd_padded(c_out) > _WINOGRAD_MAX_WEIGHT_BYTES
+            or tiles7 < _WINOGRAD7_MIN_TILES):
+        return 4
+    return 7 if 81 * tiles7 <= _WINOGRAD7_MAX_PRODUCTS * 36 * _winograd_tiles(key) else 4
 
 
 def _use_winograd(key) -> bool:
@@ -513,24 +548,42 @@ _WINOGRAD_G = (
 )
 
 
+# G of F(7x7, 3x3): the Cook-Toom construction at the points 0, 1, -1, 2, -2, 1/2, -1/2, 4 and
+# infinity, 1/f_j in G (the kernel's B^T and A^T are in csrc/cpu/conv3d_winograd.cpp,
+# WinogradTile<7>).
+_WINOGRAD_G7 = (
+    (1 / 4, 0.0, 0.0),
+    (2 / 27, 2 / 27, 2 / 27),
+    (2 / 45, -2 / 45, 2 / 45),
+    (-1 / 180, -1 / 90, -1 / 45),
+    (-1 / 540, 1 / 270, -1 / 135),
+    (-64 / 315, -32 / 315, -16 / 315),
+    (-64 / 405, 32 / 405, -16 / 405),
+    (1 / 11340, 1 / 2835, 4 / 2835),
+    (0.0, 0.0, 1.0),
+)
+
+
 def _winograd_padded(c_out: int) -> int:
     """C_out rounded up to the kernel's channel vector: the width of ``U``'s last dimension."""
     return -(-c_out // _WINOGRAD_LANES) * _WINOGRAD_LANES
 
 
-def _winograd_weight(folded: torch.Tensor) -> torch.Tensor:
-    """The kernel's transformed weight ``U`` (kt, 36, C_in, C_out rounded up to a multiple of
-    16), float32, from the folded float64 weight (C_out, C_in, kt, 3, 3): one rounding, after the
-    transform. The padding columns are zeros; the kernel computes them and does not store them."""
-    g = torch.tensor(_WINOGRAD_G, dtype=torch.float64, device=folded.device)
+def _winograd_weight(folded: torch.Tensor, tile: int = 4) -> torch.Tensor:
+    """The kernel's transformed weight ``U`` (kt, 36 (tile 4) or 81 (tile 7), C_in, C_out rounded
+    up to a multiple of 16), float32, from the folded float64 weight (C_out, C_in, kt, 3, 3): one
+    rounding, after the transform. The padding columns are zeros; the kernel computes them and
+    does not store them."""
+    g = torch.tensor({4: _WINOGRAD_G, 7: _WINOGRAD_G7}[tile], dtype=torch.float64,
+                     device=folded.device)
     u = torch.einsum("ik,octkl,jl->tijco", g, folded, g)
     taps, c_in, c_out = folded.shape[2], folded.shape[1], folded.shape[0]
     u = torch.nn.functional.pad(u, (0, _winograd_padded(c_out) - c_out))
-    return u.reshape(taps, 36, c_in, -1).float().contiguous()
+    return u.reshape(taps, g.shape[0] ** 2, c_in, -1).float().contiguous()
 
 
 def _pack(weight, scale, shift, cache_key):
-    # cache_key = (key, route): the route ("winograd", "pointwise", "pointwise-f32" (the AVX2
+    # cache_key = (key, route): the route ("winograd" (F(4x4)), "winograd-7x7", "pointwise", "pointwise-f32" (the AVX2
     # 1x1x1 kernel computing a bfloat16 convolution in float32), "onednn", "onednn-2d" (a temporal
     # convolution as a 2-D one, _use_temporal_2d) or "onednn-f32" (oneDNN computing a bfloat16
     # convolution in float32)) is part of what the cache compares, so that a weight packed for one
@@ -544,10 +597,11 @@ def _pack(weight, scale, shift, cache_key):
         bias = shift.detach().to(dtype).contiguous()
         if route == "onednn" and _is_small_gemm(key):  # a (C_out, C_in) float32 matrix
             return w.to(dtype).reshape(w.shape[0], w.shape[1]).float().contiguous(), bias.float()
-        if route == "winograd":  # the transformed float32 weight and a float32 shift
+        if route in ("winograd", "winograd-7x7"):  # the transformed weight and a float32 shift
             # From the float64 folded weight, with no rounding to the dtype first: oneDNN needs
             # the weight in the input's dtype, this kernel does not.
-            return _winograd_weight(w), shift.detach().float().contiguous()
+            return (_winograd_weight(w, 7 if route == "winograd-7x7" else 4),
+                    shift.detach().float().contiguous())
         if route in ("pointwise", "pointwise-f32"):  # the packed weight and a float32 shift
             return (_pointwise_weight(w, dtype, widened=route == "pointwise-f32"),
                     shift.detach().float().contiguous())
@@ -623,7 +677,7 @@ def _prepare(weight, scale, shift, stride, padding, dilation, groups, activation
     stride, padding, dilation = list(stride), list(padding), list(dilation)
     key = ((weight.dtype, weight.device, fmt, tuple(weight.shape)), tuple(stride), tuple(padding),
            tuple(dilation), groups, tuple(input_size))
-    route = ("winograd" if _use_winograd(key)
+    route = (("winograd-7x7" if _winograd_tile(key) == 7 else "winograd") if _use_winograd(key)
              else _pointwise_route(weight.dtype) if _use_pointwise(key)
              else "onednn-f32" if _widened(weight.dtype) and not _is_small_gemm(key)
              else "onednn-2d" if _use_temporal_2d(key)
@@ -638,10 +692,10 @@ def _prepare(weight, scale, shift, stride, padding, dilation, groups, activation
     if route == "onednn" and _is_small_gemm(key):  # the cache holds a float32 matrix then
         return _prepare_small_gemm(packed, bias, activation, input_size, weight.dtype, final)
 
-    if route in ("pointwise", "pointwise-f32", "winograd"):
+    if route in ("pointwise", "pointwise-f32", "winograd", "winograd-7x7"):
         # videoconv's own kernels: the packed weight, a float32 shift and the one convolution
         # argument each takes (the 1x1x1 kernel's stride, Winograd's padding), channels_last_3d
-        if route != "winograd":
+        if route.startswith("pointwise"):
             kernel, geometry = torch.ops.videoconv._conv3d_pointwise_cpu.default, stride
         else:
             kernel, geometry = torch.ops.videoconv._conv3d_winograd_cpu.default, padding
