@@ -226,37 +226,55 @@ VIDEOCONV_ISA_CLONES void transform_input_block(const T* x, const Geometry& g, i
 }
 
 // y = act(A^T M A + shift [+ residual]) for the tiles t0 .. t0+nt, clipped at the output edge.
+// Per tile: first t = A^T M for every channel group of the chunk (into `scratch`, cn / 16 x kM x
+// kAlpha vectors), then output row by output row, t[i] A for every group, and the row's kM
+// positions x cn channels stored in address order. A row of a tile is one contiguous span of the
+// channels_last_3d output (kM positions of C_out channels) when the chunk is all of C_out, so
+// its cache lines are written whole, one after the other. (Group by group, as before, each
+// group wrote 32 or 64 bytes into each of the tile's kM^2 positions, every line of the tile was
+// visited C_out / 16 times, and the stores were most of the transform's time: perf put ~15% of
+// it on the store alone, for F(7x7).)
 template <typename W, typename T>
 VIDEOCONV_ISA_CLONES void transform_output_block(const float* M, const float* shift,
                                                  const T* residual, T* y, const Geometry& g,
                                                  int64_t t0, int64_t nt, int64_t co_begin,
-                                                 int64_t cn, int activation) {
+                                                 int64_t cn, int activation, vf16* scratch) {
   constexpr int A = W::kAlpha, TM = W::kM;
   const int64_t tpf = g.tiles_per_frame();
+  const int64_t groups = cn / kLanes;  // cn is a multiple of 16 (U's padded columns)
+  vf16* row = scratch + groups * TM * A;  // [j][group]: one output row of the tile
   for (int64_t k = 0; k < nt; k++) {
     const int64_t tile = t0 + k;
     const int64_t tx = tile % g.tiles_w, ty = (tile / g.tiles_w) % g.tiles_h;
     const int64_t frame_out = tile / tpf;
     const int64_t rows = std::min<int64_t>(TM, g.ho - ty * TM);
     const int64_t cols = std::min<int64_t>(TM, g.wo - tx * TM);
-    for (int64_t cm = 0; cm < cn; cm += kLanes) {  // cm: channel within M's chunk
-      const int64_t c0 = co_begin + cm;
-      const int64_t valid = std::min(kLanes, g.co - c0);  // < 16 only in C_out's last group
-      const vf16 sh = load16(shift + c0);  // shift is padded to co_pad by the caller
-      vf16 t[TM][A];  // t = A^T M, column by column
+    for (int64_t q = 0; q < groups; q++) {  // t = A^T M, column by column
+      vf16* t = scratch + q * TM * A;
       for (int j = 0; j < A; j++) {
         vf16 col[A];
-        for (int i = 0; i < A; i++) col[i] = load16(M + (i * A + j) * g.m_plane() + k * g.co_chunk + cm);
+        for (int i = 0; i < A; i++) {
+          col[i] = load16(M + (i * A + j) * g.m_plane() + k * g.co_chunk + q * kLanes);
+        }
         vf16 o[TM];
         W::output_transform(col, o);
-        for (int i = 0; i < TM; i++) t[i][j] = o[i];
+        for (int i = 0; i < TM; i++) t[i * A + j] = o[i];
       }
-      for (int i = 0; i < rows; i++) {
+    }
+    for (int64_t i = 0; i < rows; i++) {
+      for (int64_t q = 0; q < groups; q++) {
         vf16 o[TM];
-        W::output_transform(t[i], o);  // the row: o = t[i] A
-        for (int j = 0; j < cols; j++) {
-          const int64_t off = ((frame_out * g.ho + ty * TM + i) * g.wo + tx * TM + j) * g.co + c0;
-          vf16 v = o[j] + sh;
+        W::output_transform(scratch + (q * TM + i) * A, o);  // the row: o = t[i] A
+        const vf16 sh = load16(shift + co_begin + q * kLanes);  // padded to co_pad by the caller
+        for (int j = 0; j < TM; j++) row[j * groups + q] = o[j] + sh;
+      }
+      const int64_t row_off = ((frame_out * g.ho + ty * TM + i) * g.wo + tx * TM) * g.co;
+      for (int64_t j = 0; j < cols; j++) {
+        for (int64_t q = 0; q < groups; q++) {
+          const int64_t c0 = co_begin + q * kLanes;
+          const int64_t valid = std::min(kLanes, g.co - c0);  // < 16 only in C_out's last group
+          const int64_t off = row_off + j * g.co + c0;
+          vf16 v = row[j * groups + q];
           if (residual != nullptr) {
             v += valid == kLanes ? load16(residual + off) : load16_first(residual + off, valid);
           }
@@ -308,6 +326,11 @@ void conv3d_winograd_kernel(const T* x, const float* U, const float* shift, cons
   const int64_t u_tap = P * g.ci * g.co_pad;
   at::parallel_for(0, nblocks * nchunks, 1, [&](int64_t i0, int64_t i1) {
     std::vector<float> V(P * g.v_plane()), M(P * g.m_plane());
+    // transform_output_block's per-tile scratch: the chunk's t = A^T M and one output row.
+    // (floats, aligned to 64 bytes by hand: std::vector<vf16> drops the vector type's alignment)
+    std::vector<float> scratch_floats(g.co_chunk * (W::kM * W::kAlpha + W::kM) + kLanes);
+    vf16* scratch = reinterpret_cast<vf16*>(
+        (reinterpret_cast<uintptr_t>(scratch_floats.data()) + 63) & ~uintptr_t{63});
     for (int64_t item = i0; item < i1; item++) {
       // Chunk-major: a thread's consecutive items share a chunk of U across tile blocks.
       const int64_t chunk = item / nblocks, b = item % nblocks;
@@ -326,7 +349,7 @@ void conv3d_winograd_kernel(const T* x, const float* U, const float* shift, cons
         }
       }
       transform_output_block<W, T>(M.data(), shift, residual, y, g, t0, nt, co_begin, cn,
-                                   activation);
+                                   activation, scratch);
     }
   });
   at::native::cpublas::brgemm_release(/*is_vnni=*/false);
