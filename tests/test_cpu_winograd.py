@@ -1,5 +1,6 @@
-"""The cpu backend's Winograd F(4x4, 3x3) path (csrc/cpu/conv3d_winograd.cpp): values against the
-float64 oracle over the edge cases of its tiling, which layers take it, its cache, its errors."""
+"""The cpu backend's Winograd path (csrc/cpu/conv3d_winograd.cpp), F(4x4, 3x3) and bfloat16's
+F(7x7, 3x3): values against the float64 oracle over the edge cases of their tilings, which layers
+take which, the cache, the errors."""
 
 from __future__ import annotations
 
@@ -30,14 +31,23 @@ _ids = lambda d: str(d).replace("torch.", "")  # noqa: E731
 @pytest.fixture(autouse=True)
 def _every_eligible_layer(monkeypatch):
     """The tests use small shapes: lift the bfloat16 size thresholds (speed rules, not
-    correctness rules) so that both dtypes run the kernel, and start from an empty cache."""
+    correctness rules) so that both dtypes run the kernel, and start from an empty cache.
+    bfloat16 runs F(4x4) unless a test asks for F(7x7) (:func:`_tile`)."""
     monkeypatch.delenv("VIDEOCONV_BACKEND", raising=False)
     monkeypatch.setattr(cpu_backend, "WINOGRAD", True)
+    monkeypatch.setattr(cpu_backend, "WINOGRAD_7X7", False)
     monkeypatch.setattr(cpu_backend, "_WINOGRAD_MIN_TILES_BF16", 1)
     monkeypatch.setattr(cpu_backend, "_WINOGRAD_MIN_CHANNELS_BF16", 16)
     cpu_backend.pack_cache.clear()
     yield
     cpu_backend.pack_cache.clear()
+
+
+def _tile(monkeypatch, tile: int) -> None:
+    """Make eligible bfloat16 convolutions take F(``tile`` x ``tile``, 3x3) whatever their size."""
+    monkeypatch.setattr(cpu_backend, "WINOGRAD_7X7", tile == 7)
+    monkeypatch.setattr(cpu_backend, "_WINOGRAD7_MIN_TILES", 1)
+    monkeypatch.setattr(cpu_backend, "_WINOGRAD7_MAX_PRODUCTS", float("inf"))
 
 
 def _key(x, w, padding, stride=(1, 1, 1), dilation=(1, 1, 1), groups=1, fmt=CL):
@@ -59,15 +69,16 @@ def _inputs(n, c_in, c_out, size, kt, dtype, with_residual, padding, seed=0):
     return x, w, scale, shift, residual, out
 
 
-def _kernel_directly(x, w, scale, shift, padding, act, residual):
+def _kernel_directly(x, w, scale, shift, padding, act, residual, tile=4):
     folded = w.double() * scale.double().view(-1, 1, 1, 1, 1)
-    u = cpu_backend._winograd_weight(folded)
+    u = cpu_backend._winograd_weight(folded, tile)
     return torch.ops.videoconv._conv3d_winograd_cpu(x, u, shift.float().contiguous(), list(padding),
                                                     act, residual)
 
 
-# name, N, C_in, C_out, (D, H, W), kt, padding. Chosen for the tiling's edge cases: partial
-# tiles at the right/bottom edge (sizes not multiples of 4), 1 and 2 pixels of spatial padding
+# name, N, C_in, C_out, (D, H, W), kt, padding. Chosen for the tiling's edge cases (of both
+# tiles: F(7x7)'s blocks hold 32 tiles): partial
+# tiles at the right/bottom edge (sizes not multiples of 4 or 7), 1 and 2 pixels of spatial padding
 # and none, temporal taps against temporal padding (kt > 2 * pt shortens the clip), tiles of one
 # 64-tile block spanning frames and samples (r3d_333, blocks_span_frames: two blocks each),
 # C_out split into uneven chunks when there are few
@@ -87,37 +98,51 @@ WINOGRAD_CASES = [
 ]
 
 
+# (dtype, tile): float32 has only F(4x4); bfloat16 both.
+_DTYPE_TILES = [(torch.float32, 4), (torch.bfloat16, 4), (torch.bfloat16, 7)]
+_dtype_tile_ids = [f"{_ids(d)}-F{t}" for d, t in _DTYPE_TILES]
+
+
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=_ids)
+@pytest.mark.parametrize("dtype, tile", _DTYPE_TILES, ids=_dtype_tile_ids)
 @pytest.mark.parametrize("case", WINOGRAD_CASES, ids=[c[0] for c in WINOGRAD_CASES])
-def test_winograd_matches_float64(case, dtype, with_residual, act):
+def test_winograd_matches_float64(case, dtype, tile, with_residual, act, monkeypatch):
     _, n, c_in, c_out, size, kt, padding = case
+    _tile(monkeypatch, tile)
     x, w, scale, shift, residual, out = _inputs(n, c_in, c_out, size, kt, dtype, with_residual, padding)
     assert cpu_backend._use_winograd(_key(x, w, padding))
+    assert cpu_backend._winograd_tile(_key(x, w, padding)) == tile
     with backends.use("cpu"):
         y = conv3d_bn_act(x, w, scale, shift, (1, 1, 1), padding, (1, 1, 1), 1, act, residual)
     expected = oracle_conv3d_bn_act(x, w, scale, shift, (1, 1, 1), padding, (1, 1, 1), 1, act, residual)
     assert list(y.shape) == out and y.dtype == dtype and y.is_contiguous(memory_format=CL)
     atol, rtol = _TOL[dtype]
     torch.testing.assert_close(y.double(), expected, atol=atol, rtol=rtol)
-    # ... and it is the Winograd kernel that produced it (bitwise), not oneDNN.
-    direct = _kernel_directly(x, w, scale, shift, padding, act, residual)
+    # ... and it is the Winograd kernel with that tile that produced it (bitwise), not oneDNN.
+    direct = _kernel_directly(x, w, scale, shift, padding, act, residual, tile)
     torch.testing.assert_close(y, direct, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=_ids)
-def test_winograd_is_more_accurate_than_it_needs_to_be(dtype):
+@pytest.mark.parametrize("dtype, tile", _DTYPE_TILES, ids=_dtype_tile_ids)
+def test_winograd_is_more_accurate_than_it_needs_to_be(dtype, tile, monkeypatch):
     """A layer of r2plus1d_18's real width (64 -> 144, 1x3x3): the error against float64 stays
     within a few ulps of the dtype at the output's scale (float32: F(4x4, 3x3)'s transforms cost
     about 10x a direct float32 conv's error, still ~1e-5; bfloat16: the products are float32, so
-    the error is the output rounding)."""
-    x, w, scale, shift, _, _ = _inputs(1, 64, 144, (2, 20, 20), 1, dtype, False, (0, 1, 1), seed=3)
+    the error is the output rounding, for F(7x7) too, whose transforms cost ~10x F(4x4)'s error:
+    its mean error is within 2% of the rounding's, the float64 result rounded to bfloat16)."""
+    _tile(monkeypatch, tile)
+    x, w, scale, shift, _, _ = _inputs(1, 64, 144, (2, 28, 28), 1, dtype, False, (0, 1, 1), seed=3)
+    assert cpu_backend._winograd_tile(_key(x, w, (0, 1, 1))) == tile
     with backends.use("cpu"):
         y = conv3d_bn_act(x, w, scale, shift, (1, 1, 1), (0, 1, 1), (1, 1, 1), 1, "identity", None)
     expected = oracle_conv3d_bn_act(x, w, scale, shift, (1, 1, 1), (0, 1, 1), (1, 1, 1), 1, "identity", None)
     rel = ((y.double() - expected).abs().max() / expected.abs().max()).item()
     assert rel < (5e-5 if dtype == torch.float32 else 8e-3), rel
+    if dtype == torch.bfloat16:
+        mean_error = (y.double() - expected).abs().mean()
+        rounding = (expected.to(dtype).double() - expected).abs().mean()
+        assert mean_error < 1.02 * rounding, (mean_error, rounding)
 
 
 def test_nan_propagates_like_the_oracle():
@@ -135,8 +160,9 @@ def test_nan_propagates_like_the_oracle():
         torch.testing.assert_close(y[finite].double(), expected[finite], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=_ids)
-def test_conv2plus1d_unit_uses_it_for_the_spatial_conv(dtype):
+@pytest.mark.parametrize("dtype, tile", _DTYPE_TILES, ids=_dtype_tile_ids)
+def test_conv2plus1d_unit_uses_it_for_the_spatial_conv(dtype, tile, monkeypatch):
+    _tile(monkeypatch, tile)
     g = torch.Generator().manual_seed(1)
 
     def rand(*shape, scale=1.0):
@@ -146,6 +172,7 @@ def test_conv2plus1d_unit_uses_it_for_the_spatial_conv(dtype):
     w1, w2 = rand(32, 16, 1, 3, 3, scale=0.1), rand(16, 32, 3, 1, 1, scale=0.1)
     s1, b1, s2, b2 = rand(32).abs() + 0.5, rand(32), rand(16).abs() + 0.5, rand(16)
     assert cpu_backend._use_winograd(_key(x, w1, (0, 1, 1)))
+    assert cpu_backend._winograd_tile(_key(x, w1, (0, 1, 1))) == tile
     with backends.use("cpu"):
         y = conv2plus1d_bn_act(x, w1, s1, b1, w2, s2, b2, (1, 1, 1), (1, 1, 1), "relu")
     expected = oracle_conv2plus1d(x, w1, s1, b1, w2, s2, b2, (1, 1, 1), (1, 1, 1), "relu", False, None)
@@ -195,6 +222,33 @@ def test_which_layers_take_it(monkeypatch):
     assert not use(f32, 64, 144, (16, 56, 56))
 
 
+def test_which_tile_bfloat16_takes(monkeypatch):
+    """F(7x7) for bfloat16 where it does at most 0.8x F(4x4)'s products over >= 128 tiles of 7x7
+    and its transformed weight fits the limit; F(4x4) otherwise, and always for float32."""
+    monkeypatch.setattr(cpu_backend, "WINOGRAD_7X7", True)
+    f32, bf16 = torch.float32, torch.bfloat16
+
+    def tile(dtype, c_in, c_out, size, kernel=(1, 3, 3), padding=(0, 1, 1)):
+        x = torch.empty(1, c_in, *size, dtype=dtype).contiguous(memory_format=CL)
+        w = torch.empty(c_out, c_in, *kernel, dtype=dtype)
+        key = _key(x, w, padding)
+        assert cpu_backend._use_winograd(key)
+        return cpu_backend._winograd_tile(key)
+
+    # r2plus1d_18 / r3d_18 layer1 and layer2: 56 and 28 are multiples of 7 (1024 and 128 tiles)
+    assert tile(bf16, 64, 144, (16, 56, 56)) == 7 and tile(f32, 64, 144, (16, 56, 56)) == 4
+    assert tile(bf16, 64, 64, (16, 56, 56), (3, 3, 3), (1, 1, 1)) == 7
+    assert tile(bf16, 128, 288, (8, 28, 28)) == 7 and tile(bf16, 128, 230, (8, 28, 28)) == 7
+    assert tile(bf16, 128, 288, (7, 28, 28)) == 4  # 112 tiles of 7x7: too few
+    # 20x20: 9 tiles of 7x7 (729 products) against 25 of 4x4 (900): 0.81 > 0.8
+    assert tile(bf16, 64, 64, (64, 20, 20)) == 4
+    assert tile(bf16, 64, 64, (64, 21, 21)) == 7  # 9 against 36 tiles: 0.56
+    # 81 planes of 256 x 464 floats: 38 MB, over the limit that the 36 planes (17 MB) are within
+    assert tile(bf16, 256, 464, (8, 28, 28)) == 4
+    monkeypatch.setattr(cpu_backend, "WINOGRAD_7X7", False)
+    assert tile(bf16, 64, 144, (16, 56, 56)) == 4
+
+
 def test_environment_variable_turns_it_off():
     code = ("from videoconv.backends import cpu; import torch; "
             "k = ((torch.float32, torch.device('cpu'), torch.channels_last_3d, (64, 64, 1, 3, 3)), "
@@ -202,6 +256,18 @@ def test_environment_variable_turns_it_off():
             "print(cpu.WINOGRAD, cpu._use_winograd(k))")
     for value, expected in (("0", "False False"), ("1", "True True")):
         env = dict(os.environ, VIDEOCONV_CPU_WINOGRAD=value)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                             check=True)
+        assert out.stdout.split("\n")[-2].strip() == expected, out.stdout + out.stderr
+
+
+def test_environment_variable_keeps_bfloat16_on_4x4_tiles():
+    code = ("from videoconv.backends import cpu; import torch; "
+            "k = ((torch.bfloat16, torch.device('cpu'), torch.channels_last_3d, (144, 64, 1, 3, 3)), "
+            "(1, 1, 1), (0, 1, 1), (1, 1, 1), 1, (1, 64, 16, 56, 56)); "
+            "print(cpu.WINOGRAD_7X7, cpu._winograd_tile(k))")
+    for value, expected in (("0", "False 4"), ("1", "True 7")):
+        env = dict(os.environ, VIDEOCONV_CPU_WINOGRAD_7X7=value)
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                              check=True)
         assert out.stdout.split("\n")[-2].strip() == expected, out.stdout + out.stderr
@@ -290,14 +356,17 @@ def test_fused_module_prepared_call_uses_it():
         (lambda a: a.update(residual=torch.zeros(1)), "residual"),
         (lambda a: a.update(input=a["input"][..., :2, :2].contiguous(memory_format=CL),
                             padding=[1, 0, 0]), "smaller than the kernel"),
+        (lambda a: a.update(U=a["U"][:, :25].contiguous()), "36 or 81"),
+        # F(7x7)'s transformed weight with a float32 input
+        (lambda a: a.update(U=cpu_backend._winograd_weight(a["w"], 7)), "bfloat16 tensors only"),
     ],
     ids=["ncdhw", "float64", "channels", "u_dtype", "shift_length", "shift_2d", "activation",
-         "residual", "too_small"],
+         "residual", "too_small", "u_planes", "tile7_float32"],
 )
 def test_private_op_errors_name_the_problem(change, message):
     x, w, scale, shift, _, _ = _inputs(1, 16, 16, (3, 8, 8), 3, torch.float32, False, (1, 1, 1))
     args = dict(input=x, U=cpu_backend._winograd_weight(w.double()), shift=shift.float(),
-                padding=[1, 1, 1], activation="relu", residual=None)
+                padding=[1, 1, 1], activation="relu", residual=None, w=w.double())
     change(args)
     with pytest.raises(RuntimeError, match=message):
         torch.ops.videoconv._conv3d_winograd_cpu(args["input"], args["U"], args["shift"],
