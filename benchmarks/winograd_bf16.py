@@ -1,6 +1,6 @@
 """Would bfloat16 products make the Winograd kernel faster, and at what accuracy?
 (csrc/cpu/conv3d_winograd.cpp computes its products in float32, also for bfloat16 tensors; this
-script is the evidence for keeping it so.)
+script is the evidence for keeping it so, and for giving F(7x7, 3x3) to bfloat16 only.)
 
     python benchmarks/winograd_bf16.py [--no-rate] [--channels 64 144] [--size 56]
 
@@ -11,7 +11,10 @@ script is the evidence for keeping it so.)
    bfloat16 GEMM would read), the products and sums exact. Errors against the exact convolution,
    next to a bfloat16 direct convolution's (oneDNN's arithmetic: exact products, float32 sums,
    one rounding of the output). "max" is relative to the largest output, "mean" to the mean
-   absolute output.
+   absolute output. Then the kernel's own arithmetic: F(4x4, 3x3) and F(7x7, 3x3) with the
+   transforms, products and sums in float32 (as the kernel, in another order of summation), U
+   computed in float64 and rounded to float32 once (as the cpu backend), the output unrounded:
+   the error float32 tensors would see (bfloat16 ones add their output rounding to it).
 
 2. Rate (unless --no-rate). ATen's ``cpublas::brgemm`` (oneDNN's micro-kernel, what the Winograd
    kernel calls) in float32 and in bfloat16 (VNNI B operand) on the kernel's GEMM shapes:
@@ -31,7 +34,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from videoconv.backends.cpu import _WINOGRAD_G
+from videoconv.backends.cpu import _WINOGRAD_G, _WINOGRAD_G7
 
 F64 = torch.float64
 
@@ -43,6 +46,19 @@ _F4 = (
      [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
     _WINOGRAD_G,
     [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+)
+# F(7x7, 3x3): the kernel's WinogradTile<7> (B^T, A^T) and the cpu backend's _WINOGRAD_G7.
+_F7 = (
+    [[4, -1, -21, 21 / 4, 21, -21 / 4, -4, 1, 0], [0, -4, -3, 18, 51 / 4, -33 / 4, -3, 1, 0],
+     [0, 4, -5, -16, 85 / 4, -1 / 4, -5, 1, 0], [0, -2, -1 / 2, 41 / 4, 5 / 2, -37 / 4, -2, 1, 0],
+     [0, 2, -3 / 2, -39 / 4, 15 / 2, 27 / 4, -6, 1, 0], [0, -8, -14, 14, 35 / 2, -7, -7 / 2, 1, 0],
+     [0, 8, -18, -6, 45 / 2, -3, -9 / 2, 1, 0], [0, -1, 0, 21 / 4, 0, -21 / 4, 0, 1, 0],
+     [0, 4, -1, -21, 21 / 4, 21, -21 / 4, -4, 1]],
+    _WINOGRAD_G7,
+    [[1, 1, 1, 1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1 / 2, -1 / 2, 4, 0],
+     [0, 1, 1, 4, 4, 1 / 4, 1 / 4, 16, 0], [0, 1, -1, 8, -8, 1 / 8, -1 / 8, 64, 0],
+     [0, 1, 1, 16, 16, 1 / 16, 1 / 16, 256, 0], [0, 1, -1, 32, -32, 1 / 32, -1 / 32, 1024, 0],
+     [0, 1, 1, 64, 64, 1 / 64, 1 / 64, 4096, 1]],
 )
 _F2 = (
     [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
@@ -59,23 +75,28 @@ def _bf16(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.bfloat16).to(F64)
 
 
-def winograd(xp, w, rows_spec, cols_spec, round_v: bool, round_u: bool) -> torch.Tensor:
+def winograd(xp, w, rows_spec, cols_spec, round_v: bool, round_u: bool,
+             arithmetic: torch.dtype = F64) -> torch.Tensor:
     """Valid 3x3 convolution of the padded (C, H, W) ``xp`` with (C_out, C, 3, 3) ``w`` by
     Winograd with ``rows_spec`` along H and ``cols_spec`` along W, in float64, V and/or U rounded
-    to bfloat16."""
+    to bfloat16; or, with ``arithmetic=torch.float32``, U rounded to float32 and everything after
+    it computed in float32 (returned as float64)."""
     (bt_h, g_h, at_h), (bt_w, g_w, at_w) = _mats(rows_spec), _mats(cols_spec)
     m_h, m_w = at_h.shape[0], at_w.shape[0]
     a_h, a_w = bt_h.shape[0], bt_w.shape[0]
     _, h, wd = xp.shape
     tiles_h, tiles_w = (h - 2) // m_h, (wd - 2) // m_w
     u = torch.einsum("ia,ocab,jb->ocij", g_h, w, g_w)
+    if arithmetic != F64:
+        u, xp = u.to(arithmetic), xp.to(arithmetic)
+        bt_h, at_h, bt_w, at_w = (m.to(arithmetic) for m in (bt_h, at_h, bt_w, at_w))
     patches = xp.unfold(1, a_h, m_h).unfold(2, a_w, m_w)[:, :tiles_h, :tiles_w]
     v = torch.einsum("ia,ctuab,jb->ctuij", bt_h, patches, bt_w)
     u = _bf16(u) if round_u else u
     v = _bf16(v) if round_v else v
     m = torch.einsum("ctuij,ocij->otuij", v, u)
     y = torch.einsum("pi,otuij,qj->otupq", at_h, m, at_w)
-    return y.permute(0, 1, 3, 2, 4).reshape(w.shape[0], tiles_h * m_h, tiles_w * m_w)
+    return y.permute(0, 1, 3, 2, 4).reshape(w.shape[0], tiles_h * m_h, tiles_w * m_w).to(F64)
 
 
 def accuracy(c_in: int, c_out: int, size: int) -> None:
@@ -98,6 +119,14 @@ def accuracy(c_in: int, c_out: int, size: int) -> None:
                                        (True, True, "V and U in bfloat16")):
             y = _bf16(winograd(xp, w, rows, cols, round_v, round_u))
             print(f"  {name + ', ' + what + ', output rounded':52s} {err(y)}")
+    direct32 = F.conv2d(xp[None].float(), w.float())[0].to(F64)
+    print(f"  {'float32 direct (float32 sums, output unrounded)':52s} {err(direct32)}")
+    for m, spec in ((4, _F4), (7, _F7)):
+        if size % m:  # winograd() computes whole tiles only
+            print(f"  F({m}x{m}, 3x3): skipped, {size} is not a multiple of {m}")
+            continue
+        y = winograd(xp, w, spec, spec, False, False, arithmetic=torch.float32)
+        print(f"  {f'F({m}x{m}, 3x3), float32 arithmetic, output unrounded':52s} {err(y)}")
 
 
 _RATE_SOURCE = r"""

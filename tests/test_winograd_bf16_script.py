@@ -35,6 +35,21 @@ def test_unrounded_winograd_is_the_convolution(rows, cols):
     torch.testing.assert_close(y, exact, atol=1e-11, rtol=1e-11)
 
 
+def test_unrounded_7x7_winograd_is_the_convolution():
+    """F(7x7)'s matrices as the script spells the kernel's (B^T, A^T) with the cpu backend's G:
+    exact in float64; in float32 arithmetic off by more than F(4x4), less than bfloat16's
+    rounding."""
+    xp, w, exact = _problem(size=28)  # whole tiles of both
+    y = script.winograd(xp, w, script._F7, script._F7, round_v=False, round_u=False)
+    assert y.shape == exact.shape
+    torch.testing.assert_close(y, exact, atol=1e-10, rtol=1e-10)
+    err = {}
+    for name, spec in (("F4", script._F4), ("F7", script._F7)):
+        y = script.winograd(xp, w, spec, spec, False, False, arithmetic=torch.float32)
+        err[name] = ((y - exact).abs().mean() / exact.abs().mean()).item()
+    assert 1e-8 < err["F4"] < err["F7"] < 1e-4, err
+
+
 def test_rounding_the_operands_is_what_changes_the_result():
     """Rounding V or U to bfloat16 moves F(4x4) further from the exact result than F(2x2)
     (larger transform coefficients), and by more than float64 noise."""

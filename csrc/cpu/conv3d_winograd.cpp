@@ -1,7 +1,9 @@
 // videoconv::_conv3d_winograd_cpu: Conv3d + folded BN + activation (+ residual) for kernels
 // (kt, 3, 3), stride 1, dilation 1, groups 1, by Winograd's minimal filtering F(4x4, 3x3) in
 // the two spatial dimensions (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks",
-// 2016) and a direct sum over the kt temporal taps.
+// 2016) and a direct sum over the kt temporal taps. bfloat16 tensors may instead take F(7x7,
+// 3x3) (WinogradTile<7> below: 27-44% fewer products, accurate enough for bfloat16 only); the
+// transformed weight's plane count, 36 or 81, says which.
 //
 // Why: on a CPU without AMX these layers (the 3x3 spatial convs of R(2+1)D, the 3x3x3 convs of
 // R3D/I3D) already run in oneDNN at ~80-95% of the FMA peak, so no direct kernel can be much
@@ -21,17 +23,19 @@
 // float32 operands keep F(4x4) at least as accurate as the direct conv (measured on the kernel
 // itself: 2e-3 against 6e-3 max relative error).
 //
-// Algorithm, per block of kTileBlock output tiles (4x4 positions of one output frame each):
+// Algorithm, per block of kTileBlock output tiles (m x m positions of one output frame each,
+// m = 4 or 7, from an a x a input patch, a = m + 2, so a^2 = 36 or 81 planes):
 //   for each temporal tap kt:
-//     V[p][tile][ci] = (B^T d B)[p]   d = the 6x6 input patch of the tile in frame t + kt - pt
-//     M[p] += V[p] @ U[kt][p]          36 GEMMs (tiles x Ci) @ (Ci x Co), at::native::cpublas::
+//     V[p][tile][ci] = (B^T d B)[p]   d = the a x a input patch of the tile in frame t + kt - pt
+//     M[p] += V[p] @ U[kt][p]          a^2 GEMMs (tiles x Ci) @ (Ci x Co), at::native::cpublas::
 //                                      brgemm (oneDNN's f32 micro-kernel), accumulating over kt
-//   y = act(A^T M A + shift [+ residual])  the 4x4 outputs, written straight to y
+//   y = act(A^T M A + shift [+ residual])  the m x m outputs, written straight to y
 // U[kt][p] = (G g G^T)[p] with the BN scale already folded into g, computed once per weight in
 // float64 by the Python side (videoconv/backends/cpu.py, _winograd_weight) and cached.
-// The block's V (36 x tiles x Ci) and M (36 x tiles x Co) float32 buffers are per thread and
-// reused block after block (64 tiles: 590 KB and 1.3 MB for Ci = 64, Co = 144, in L2 and L3).
-// Block size, measured on the project's AMD EPYC Zen 5 (1 MB L2 per core), 64 against 32 tiles
+// The block's V (a^2 x tiles x Ci) and M (a^2 x tiles x Co) float32 buffers are per thread and
+// reused block after block (F(4x4), 64 tiles: 590 KB and 1.3 MB for Ci = 64, Co = 144, in L2
+// and L3; F(7x7), 32 tiles: 660 KB and 1.5 MB).
+// Block size of F(4x4), measured on the project's AMD EPYC Zen 5 (1 MB L2 per core), 64 against 32 tiles
 // (benchmarks/winograd_ab.py, two builds of each alternating; each layer's Winograd/oneDNN ratio
 // from the same run, averaged over the two runs): bfloat16 1.08-1.13x on the 16x56x56 layers of
 // r3d_18 / r2plus1d_18 (the 64 -> 144 1x3x3 conv: ~9.5 -> 7.6 ms), 0.98-1.10x at 8x28x28,
@@ -39,7 +43,8 @@
 // for two threads). Each block reads all 36 of U's (Ci x Co) planes once, so twice the tiles
 // per block halves that traffic, at the cost of V and M no longer fitting L2 together. The 32
 // chosen first had been sized for L2 on Zen 4, not timed against 64; Zen 4 and AVX2-only CPUs
-// were not re-measured with 64.
+// were not re-measured with 64. F(7x7)'s 32 (1568 outputs a block): 16 and 64 were no better
+// on r2plus1d_18's layers on Zen 5 (within that machine's ~10% noise; 64 lost on the 3x3x3 one).
 //
 // Layout: channels_last_3d input, residual and output (the channel vector of a position is
 // contiguous, and the transforms run on 16 channels at a time, as GCC vector values). C_in must
@@ -125,10 +130,10 @@ __attribute__((always_inline)) static inline void apply_constant(const float (&m
 // outputs wasted; the V and M traffic shrinks with the products. 56, 28, 14 and 7, the spatial
 // sizes of every ResNet-style video model at 112 or 224 input, are multiples of 7.
 // The cost is accuracy: in float32 arithmetic (benchmarks/winograd_bf16.py, 64 -> 144 at 56x56)
-// its error is 1.0e-5 mean and 1.9e-4 max (relative to the mean and the largest output), against
-// F(4x4)'s 9.7e-7 and 5.9e-6: well under the 1.4e-3 / 2.7e-3 of rounding the output to bfloat16
+// its error is 1.0e-5 mean and 2.6e-4 max (relative to the mean and the largest output), against
+// F(4x4)'s 9.5e-7 and 4.5e-6: well under the 1.4e-3 / 2.6e-3 of rounding the output to bfloat16
 // once, but over float32's. So float32 keeps F(4x4). Of the eighth points tried (3, 4, +-1/4,
-// +-3/2), 4 gave the smallest errors.
+// +-3/2), 4 gave the smallest errors (in a float32 emulation like the script's, not kept).
 template <>
 struct WinogradTile<7> {
   static constexpr int kM = 7, kAlpha = 9;
@@ -230,10 +235,13 @@ VIDEOCONV_ISA_CLONES void transform_input_block(const T* x, const Geometry& g, i
 // kAlpha vectors), then output row by output row, t[i] A for every group, and the row's kM
 // positions x cn channels stored in address order. A row of a tile is one contiguous span of the
 // channels_last_3d output (kM positions of C_out channels) when the chunk is all of C_out, so
-// its cache lines are written whole, one after the other. (Group by group, as before, each
-// group wrote 32 or 64 bytes into each of the tile's kM^2 positions, every line of the tile was
-// visited C_out / 16 times, and the stores were most of the transform's time: perf put ~15% of
-// it on the store alone, for F(7x7).)
+// its cache lines are written whole, one after the other. Group by group instead (t and the
+// rows of one group, then the next), each group writes 32 or 64 bytes into each of the tile's
+// kM^2 positions and every line of the tile is visited C_out / 16 times; perf's samples (no
+// hardware counters on the VM: cpu-clock) fell mostly on those stores. Measured in turns, the
+// whole F(7x7) kernel on Zen 5: 64 -> 144 at 16x56x56 1.19x faster (7.49 -> 6.24 ms), 128 ->
+// 230 (+ residual) at 8x28x28 1.06x, 128 -> 288 there 0.99x, 144 -> 64 (3x3x3, + residual) at
+// 4x56x56 0.97x.
 template <typename W, typename T>
 VIDEOCONV_ISA_CLONES void transform_output_block(const float* M, const float* shift,
                                                  const T* residual, T* y, const Geometry& g,
@@ -372,7 +380,7 @@ at::Tensor conv3d_winograd_cpu(const at::Tensor& input, const at::Tensor& U,
   const bool tile7 = U.size(1) == 81;
   TORCH_CHECK(!tile7 || input.scalar_type() == at::kBFloat16,
               "_conv3d_winograd_cpu: F(7x7, 3x3) (U with 81 planes) is for bfloat16 tensors only: "
-              "its float32 error (up to ~2e-4 of the largest output) is under bfloat16's rounding "
+              "its float32 error (up to ~3e-4 of the largest output) is under bfloat16's rounding "
               "but not float32's");
   TORCH_CHECK(padding.size() == 3, "_conv3d_winograd_cpu: padding must have 3 values");
   Geometry g;

@@ -345,8 +345,9 @@ def _winograd_tiles(key, tile: int = 4) -> int:
 def _winograd_tile(key) -> int:
     """The output tile of a convolution that :func:`_use_winograd` takes: 7 (F(7x7, 3x3)) for
     bfloat16 within the limits above, else 4 (F(4x4, 3x3)). float32 always takes 4: F(7x7)'s
-    error, ~10x F(4x4)'s (1.9e-4 of the largest output at worst), is well under bfloat16's
-    rounding but not under float32's (csrc/cpu/conv3d_winograd.cpp, WinogradTile<7>)."""
+    float32 error, 10x F(4x4)'s on average and 60x at worst (2.6e-4 of the largest output;
+    benchmarks/winograd_bf16.py), is well under bfloat16's rounding but not under float32's
+    (csrc/cpu/conv3d_winograd.cpp, WinogradTile<7>)."""
     (dtype, _, _, wshape), *_ = key
     if not (WINOGRAD_7X7 and dtype == torch.bfloat16):
         return 4
