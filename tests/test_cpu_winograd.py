@@ -320,6 +320,20 @@ def test_switching_it_off_at_run_time_reuses_no_cached_weight(monkeypatch):
     assert not torch.equal(outs[1], outs[0])  # oneDNN's rounding differs from Winograd's
 
 
+def test_switching_tiles_at_run_time_reuses_no_cached_weight(monkeypatch):
+    """bfloat16 through F(7x7), then (WINOGRAD_7X7 off) F(4x4), then F(7x7) again: each call is
+    bitwise the kernel with its own transformed weight (the route is part of the cache's key)."""
+    _tile(monkeypatch, 7)
+    x, w, scale, shift, _, _ = _inputs(1, 16, 32, (3, 15, 15), 3, torch.bfloat16, False, (1, 1, 1))
+    for tile in (7, 4, 7):
+        monkeypatch.setattr(cpu_backend, "WINOGRAD_7X7", tile == 7)
+        with backends.use("cpu"):
+            y = conv3d_bn_act(x, w, scale, shift, (1, 1, 1), (1, 1, 1), (1, 1, 1), 1, "relu", None)
+        direct = _kernel_directly(x, w, scale, shift, (1, 1, 1), "relu", None, tile)
+        torch.testing.assert_close(y, direct, atol=0, rtol=0)
+    assert not torch.equal(_kernel_directly(x, w, scale, shift, (1, 1, 1), "relu", None, 4), y)
+
+
 def test_fused_module_prepared_call_uses_it():
     """The eval fast path (a prepared call bound to the input's shape) runs the same kernel."""
     from videoconv.nn import Conv3dBNAct

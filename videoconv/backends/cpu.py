@@ -292,6 +292,9 @@ WINOGRAD = os.environ.get("VIDEOCONV_CPU_WINOGRAD", "1") != "0"
 #:   (float32) or 8x (bfloat16) the weight: at most _WINOGRAD_MAX_WEIGHT_BYTES per layer, which
 #:   leaves r2plus1d_18's layer4 (85 MB per conv) to oneDNN.
 _WINOGRAD_MIN_TILES_BF16 = 128
+_WINOGRAD_MIN_CHANNELS_BF16 = 64
+_WINOGRAD_MAX_WEIGHT_BYTES = 32 << 20
+_WINOGRAD_LANES = 16  # the kernel's channel vector (csrc/cpu/conv3d_winograd.cpp)
 
 #: F(7x7, 3x3) for bfloat16 (:func:`_winograd_tile`); read at import.
 WINOGRAD_7X7 = os.environ.get("VIDEOCONV_CPU_WINOGRAD_7X7", "1") != "0"
@@ -307,9 +310,6 @@ WINOGRAD_7X7 = os.environ.get("VIDEOCONV_CPU_WINOGRAD_7X7", "1") != "0"
 #: products, and the transformed weight (81/36 of F(4x4)'s) within _WINOGRAD_MAX_WEIGHT_BYTES.
 _WINOGRAD7_MIN_TILES = 128
 _WINOGRAD7_MAX_PRODUCTS = 0.8
-_WINOGRAD_MIN_CHANNELS_BF16 = 64
-_WINOGRAD_MAX_WEIGHT_BYTES = 32 << 20
-_WINOGRAD_LANES = 16  # the kernel's channel vector (csrc/cpu/conv3d_winograd.cpp)
 
 
 def _op_registered(name: str) -> bool:
@@ -584,12 +584,13 @@ def _winograd_weight(folded: torch.Tensor, tile: int = 4) -> torch.Tensor:
 
 
 def _pack(weight, scale, shift, cache_key):
-    # cache_key = (key, route): the route ("winograd" (F(4x4)), "winograd-7x7", "pointwise", "pointwise-f32" (the AVX2
-    # 1x1x1 kernel computing a bfloat16 convolution in float32), "onednn", "onednn-2d" (a temporal
-    # convolution as a 2-D one, _use_temporal_2d) or "onednn-f32" (oneDNN computing a bfloat16
-    # convolution in float32)) is part of what the cache compares, so that a weight packed for one
-    # kernel is never handed to another after WINOGRAD, POINTWISE, a limit or the vector width
-    # (_cpu_vector_lanes) is changed at run time.
+    # cache_key = (key, route): the route ("winograd" (F(4x4)), "winograd-7x7", "pointwise",
+    # "pointwise-f32" (the AVX2 1x1x1 kernel computing a bfloat16 convolution in float32),
+    # "onednn", "onednn-2d" (a temporal convolution as a 2-D one, _use_temporal_2d) or
+    # "onednn-f32" (oneDNN computing a bfloat16 convolution in float32)) is part of what the
+    # cache compares, so that a weight packed for one kernel is never handed to another after
+    # WINOGRAD, WINOGRAD_7X7, POINTWISE, a limit or the vector width (_cpu_vector_lanes) is
+    # changed at run time.
     key, route = cache_key
     _, stride, padding, dilation, groups, input_size = key
     dtype = weight.dtype
