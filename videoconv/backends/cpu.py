@@ -302,12 +302,15 @@ WINOGRAD_7X7 = os.environ.get("VIDEOCONV_CPU_WINOGRAD_7X7", "1") != "0"
 #: When bfloat16 takes F(7x7, 3x3) rather than F(4x4) (:func:`_winograd_tile`). 7x7 tiles do 81
 #: products per 49 outputs against 36 per 16, 27% fewer where both tile the map exactly (56, 28:
 #: the maps of every ResNet-style video model are multiples of 7) and 44% fewer at 14 and 7. On
-#: the project's Zen 5, in turns (`python benchmarks/winograd_ab.py`), F(7x7) was 1.13-1.25x
-#: faster than F(4x4) on the 16x56x56 layers of r2plus1d_18 / r3d_18 and 1.02-1.19x at 8x28x28
-#: (noisy), but 0.86x on a 2x19x19 test shape with 18 tiles (fewer blocks than threads) and
-#: 0.58x on a 2x7x7 512 -> 1152 one whose 191 MB transformed weight streams from DRAM. So: at
-#: least _WINOGRAD7_MIN_TILES tiles of 7x7, at most _WINOGRAD7_MAX_PRODUCTS of F(4x4)'s
-#: products, and the transformed weight (81/36 of F(4x4)'s) within _WINOGRAD_MAX_WEIGHT_BYTES.
+#: the project's Zen 5, in turns (`python benchmarks/winograd_ab.py`), F(7x7) was 1.16-1.18x
+#: faster than F(4x4) on the 16x56x56 layers of r2plus1d_18 / r3d_18 (1.58-1.61x faster than
+#: oneDNN's bfloat16 convolution) and 1.04-1.16x at 8x28x28 (1.29-1.57x), but 0.81x on r3d_18's
+#: 4x14x14 layer (64 tiles of 4x4, 16 of 7x7, and a 64 MB transformed weight), 0.47-0.59x at
+#: 2x7x7 (transformed weights of 154 MB and more, streamed from DRAM) and 0.86x on a 2x19x19
+#: test shape with 18 tiles (fewer blocks than threads; a one-off script). So: at least
+#: _WINOGRAD7_MIN_TILES tiles of 7x7, at most _WINOGRAD7_MAX_PRODUCTS of F(4x4)'s products, and
+#: the transformed weight (81/36 of F(4x4)'s) within _WINOGRAD_MAX_WEIGHT_BYTES. Zen 4 and the
+#: AVX2-only Zen 3 were not measured with F(7x7).
 _WINOGRAD7_MIN_TILES = 128
 _WINOGRAD7_MAX_PRODUCTS = 0.8
 
