@@ -35,16 +35,17 @@
 // The block's V (a^2 x tiles x Ci) and M (a^2 x tiles x Co) float32 buffers are per thread and
 // reused block after block (F(4x4), 64 tiles: 590 KB and 1.3 MB for Ci = 64, Co = 144, in L2
 // and L3; F(7x7), 32 tiles: 660 KB and 1.5 MB).
-// Block size of F(4x4), measured on the project's AMD EPYC Zen 5 (1 MB L2 per core), 64 against 32 tiles
-// (benchmarks/winograd_ab.py, two builds of each alternating; each layer's Winograd/oneDNN ratio
-// from the same run, averaged over the two runs): bfloat16 1.08-1.13x on the 16x56x56 layers of
-// r3d_18 / r2plus1d_18 (the 64 -> 144 1x3x3 conv: ~9.5 -> 7.6 ms), 0.98-1.10x at 8x28x28,
-// float32 0.96-1.15x; 128 tiles lost again on the 8x28x28 layers (392 tiles: too few blocks
-// for two threads). Each block reads all 36 of U's (Ci x Co) planes once, so twice the tiles
-// per block halves that traffic, at the cost of V and M no longer fitting L2 together. The 32
-// chosen first had been sized for L2 on Zen 4, not timed against 64; Zen 4 and AVX2-only CPUs
-// were not re-measured with 64. F(7x7)'s 32 (1568 outputs a block): 16 and 64 were no better
-// on r2plus1d_18's layers on Zen 5 (within that machine's ~10% noise; 64 lost on the 3x3x3 one).
+// Block size of F(4x4), measured on the project's AMD EPYC Zen 5 (1 MB L2 per core), 64 against
+// 32 tiles (benchmarks/winograd_ab.py, two builds of each alternating; each layer's
+// Winograd/oneDNN ratio from the same run, averaged over the two runs): bfloat16 1.08-1.13x on
+// the 16x56x56 layers of r3d_18 / r2plus1d_18 (the 64 -> 144 1x3x3 conv: ~9.5 -> 7.6 ms),
+// 0.98-1.10x at 8x28x28, float32 0.96-1.15x; 128 tiles lost again on the 8x28x28 layers (392
+// tiles: too few blocks for two threads). Each block reads all 36 of U's (Ci x Co) planes once,
+// so twice the tiles per block halves that traffic, at the cost of V and M no longer fitting L2
+// together. The 32 chosen first had been sized for L2 on Zen 4, not timed against 64; Zen 4 and
+// AVX2-only CPUs were not re-measured with 64. F(7x7)'s 32 (1568 outputs a block): 16 and 64
+// were no better on r2plus1d_18's layers on Zen 5 (within that machine's ~10% noise; 64 lost on
+// the 3x3x3 one).
 //
 // Layout: channels_last_3d input, residual and output (the channel vector of a position is
 // contiguous, and the transforms run on 16 channels at a time, as GCC vector values). C_in must
@@ -172,7 +173,6 @@ struct Geometry {
   int64_t frames_out, ho, wo, co;     // output per sample
   int64_t co_pad;                     // U's C_out columns: co rounded up to a multiple of 16
   int64_t taps, pad_t, pad_h, pad_w;  // kt and padding
-  int64_t tile;                       // output tile side: 4 or 7
   int64_t tile_block;                 // output tiles per GEMM round (WinogradTile::kTileBlock)
   int64_t tiles_h, tiles_w;
   int64_t tiles_per_frame() const { return tiles_h * tiles_w; }
@@ -317,7 +317,6 @@ template <typename W, typename T>
 void conv3d_winograd_kernel(const T* x, const float* U, const float* shift, const T* residual,
                             T* y, int64_t batch, Geometry g, int activation) {
   constexpr int P = W::kAlpha * W::kAlpha;  // planes: products per tile and channel pair
-  g.tile = W::kM;
   g.tile_block = W::kTileBlock;
   g.tiles_h = (g.ho + W::kM - 1) / W::kM;
   g.tiles_w = (g.wo + W::kM - 1) / W::kM;
