@@ -76,11 +76,11 @@ def _kernel_directly(x, w, scale, shift, padding, act, residual, tile=4):
                                                     act, residual)
 
 
-# name, N, C_in, C_out, (D, H, W), kt, padding. Chosen for the tiling's edge cases (of both
-# tiles: F(7x7)'s blocks hold 32 tiles): partial
-# tiles at the right/bottom edge (sizes not multiples of 4 or 7), 1 and 2 pixels of spatial padding
-# and none, temporal taps against temporal padding (kt > 2 * pt shortens the clip), tiles of one
-# 64-tile block spanning frames and samples (r3d_333, blocks_span_frames: two blocks each),
+# name, N, C_in, C_out, (D, H, W), kt, padding. Chosen for the tiling's edge cases, of both
+# tiles: partial tiles at the right/bottom edge (sizes not multiples of 4 or 7), 1 and 2 pixels
+# of spatial padding and none, temporal taps against temporal padding (kt > 2 * pt shortens the
+# clip), tiles of one block (64 of 4x4, 32 of 7x7) spanning frames and samples (r3d_333,
+# blocks_span_frames: two blocks each, with either tile),
 # C_out split into uneven chunks when there are few
 # tiles (144 = 9 lane groups over 8 items: chunks of 2, the last of 1), several chunks of
 # a 16-wide C_in, and C_out that is not a multiple of 16 (R(2+1)D's 230/460-wide units: U padded,
