@@ -437,7 +437,8 @@ def _fresh_pack_cache():
 def test_temporal_convs_run_as_2d_and_match_float64(case, dtype, with_residual, act,
                                                     _fresh_pack_cache):
     """The (D, H*W) view: input, residual and output are views of the channels_last_3d tensors,
-    the result is the 3-D convolution's (against float64), in channels_last_3d."""
+    the result is the 3-D convolution's (against float64), in channels_last_3d; the residual is
+    added by oneDNN's sum post-op into a copy of it, and the caller's tensor is left as it was."""
     if cpu_backend._widened(dtype):
         pytest.skip("oneDNN has no bfloat16 convolution on this CPU (the widened route runs)")
     _, n, c_in, c_out, (d, h, w), kt, st, pt, dt = case
@@ -451,9 +452,12 @@ def test_temporal_convs_run_as_2d_and_match_float64(case, dtype, with_residual, 
     residual = (torch.randn(n, c_out, d_out, h, w, generator=g).to(dtype)
                 .contiguous(memory_format=cl) if with_residual else None)
     stride, padding, dilation = (st, 1, 1), (pt, 0, 0), (dt, 1, 1)
+    residual_before = None if residual is None else residual.clone()
     with backends.use("cpu"):
         y = conv3d_bn_act(x, wt, scale, shift, stride, padding, dilation, 1, act, residual)
     assert _routes() == {"onednn-2d"}
+    if residual is not None:  # oneDNN's sum post-op accumulates into a copy, not into it
+        assert torch.equal(residual, residual_before)
     assert list(y.shape) == [n, c_out, d_out, h, w] and y.dtype == dtype
     assert y.is_contiguous(memory_format=cl)
     expected = oracle_conv3d_bn_act(x, wt, scale, shift, stride, padding, dilation, 1, act,
