@@ -3,6 +3,7 @@ process (route "onednn-2d", ``_use_temporal_2d`` in videoconv/backends/cpu.py).
 
     python benchmarks/temporal_2d_ab.py [--models r2plus1d_18] [--dtypes float32 bfloat16]
     python benchmarks/temporal_2d_ab.py --whole [--models r2plus1d_18] [--dtypes bfloat16]
+    python benchmarks/temporal_2d_ab.py --sum [--whole] [--models r2plus1d_18] [--dtypes bfloat16]
 
 For every distinct (kt, 1, 1) convolution of the models' fused layers (batch 1, standard clip,
 channels_last_3d; the second conv of R(2+1)D's units) it prepares the cpu backend's call twice,
@@ -12,6 +13,11 @@ once over the (D, H*W) view and once as the 3-D convolution, and times both in t
 ``--whole`` times whole fused models (eval forward), with and without the route, and the eager
 model, in turns. The (2+1)D units choose their route on every call, so each timed call sets
 ``TEMPORAL_2D`` first.
+
+``--sum`` compares, on the route, the two ways a residual is added (``TEMPORAL_2D_SUM``): oneDNN's
+sum post-op into a copy of the residual (``sum``) against the binary add post-op (``binary``), on
+the convs that add one (layers) or in whole models (``--whole``; the flag is read on every call).
+Prints the ratio binary / sum (> 1: the sum post-op is faster).
 """
 
 from __future__ import annotations
@@ -52,34 +58,49 @@ def _prepare(conv, bn, shape, dtype, activation, as_2d: bool):
         return prepare_conv(conv, bn, shape, dtype, activation)
 
 
-def _whole(models, dtypes, min_run_time) -> None:
+def _with_sum(call, value: bool):
+    """``call`` with the route's ``TEMPORAL_2D_SUM`` set to ``value`` for the call."""
+    def run(x, residual):
+        with patched(cpu, TEMPORAL_2D_SUM=value):
+            return call(x, residual)
+    return run
+
+
+def _whole(models, dtypes, min_run_time, compare_sum: bool) -> None:
     import videoconv
 
+    # (label, attribute, value): each variant sets one of the cpu backend's flags before a call
+    if compare_sum:
+        variants = [("sum", "TEMPORAL_2D_SUM", True), ("binary", "TEMPORAL_2D_SUM", False)]
+    else:
+        variants = [("fused, 2-D", "TEMPORAL_2D", True), ("fused, 3-D", "TEMPORAL_2D", False)]
     for model in models:
         for name in dtypes:
             eager, x = eager_model_and_clip(model, getattr(torch, name))
-            saved = cpu.TEMPORAL_2D
+            saved = {attr: getattr(cpu, attr) for _, attr, _ in variants}
 
-            def run(fused, as_2d):
-                cpu.TEMPORAL_2D = as_2d
+            def run(fused, attr, value):
+                setattr(cpu, attr, value)
                 return fused(x)
 
             fns = {}
             with torch.no_grad():
                 try:
-                    for label, as_2d in (("fused, 2-D", True), ("fused, 3-D", False)):
+                    for label, attr, value in variants:
                         fused = videoconv.fuse(eager)
-                        run(fused, as_2d)
-                        run(fused, as_2d)
-                        fns[label] = lambda f=fused, a=as_2d: run(f, a)
+                        run(fused, attr, value)
+                        run(fused, attr, value)
+                        fns[label] = lambda f=fused, a=attr, v=value: run(f, a, v)
                     fns["eager"] = lambda: eager(x)
                     eager(x)
                     t = time_interleaved(fns, min_run_time=min_run_time)
                 finally:
-                    cpu.TEMPORAL_2D = saved
+                    for attr, value in saved.items():
+                        setattr(cpu, attr, value)
+            (a, _, _), (b, _, _) = variants
             line = ", ".join(f"{k} {v.median_ms:.1f} ms" for k, v in t.items())
-            print(f"{model} {name}: {line}; 3-D / 2-D "
-                  f"{t['fused, 3-D'].median_ms / t['fused, 2-D'].median_ms:.2f}", flush=True)
+            print(f"{model} {name}: {line}; {b} / {a} "
+                  f"{t[b].median_ms / t[a].median_ms:.3f}", flush=True)
 
 
 def main() -> None:
@@ -88,14 +109,18 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--min-run-time", type=float, default=1.0)
     parser.add_argument("--whole", action="store_true", help="whole fused models, not layers")
+    parser.add_argument("--sum", action="store_true",
+                        help="the residual's sum post-op against the binary one, on the route")
     args = parser.parse_args()
     print(f"cpu capability {torch.backends.cpu.get_cpu_capability()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
     if args.whole:
-        _whole(args.models, args.dtypes, max(args.min_run_time, 8.0))
+        _whole(args.models, args.dtypes, max(args.min_run_time, 8.0), args.sum)
         return
     cl = torch.channels_last_3d
-    print(f"{'temporal conv':52s} {'dtype':8s} {'2-D ms':>8s} {'3-D ms':>8s} {'3-D/2-D':>8s}")
+    a_name, b_name = ("sum", "binary") if args.sum else ("2-D", "3-D")
+    print(f"{'temporal conv':52s} {'dtype':8s} {a_name + ' ms':>8s} {b_name + ' ms':>8s} "
+          f"{b_name + '/' + a_name:>10s}")
     seen = set()
     for model in args.models:
         for layer in trace_layers(model):
@@ -104,7 +129,7 @@ def main() -> None:
                          f"{'x'.join(map(str, conv.kernel_size))} s{conv.stride[0]} "
                          f"@{'x'.join(map(str, shape[2:]))}")
                 residual_shape = tuple(layer.output_shape) if layer.residual and last else None
-                if (label, residual_shape) in seen:
+                if (label, residual_shape) in seen or (args.sum and residual_shape is None):
                     continue
                 seen.add((label, residual_shape))
                 for name in args.dtypes:
@@ -113,13 +138,17 @@ def main() -> None:
                     res = (None if residual_shape is None else
                            torch.randn(residual_shape).to(dtype).contiguous(memory_format=cl))
                     act = layer.module.activation
-                    calls = {"2d": _prepare(conv, bn, shape, dtype, act, True),
-                             "3d": _prepare(conv, bn, shape, dtype, act, False)}
+                    if args.sum:  # one prepared call; the flag is read on every call
+                        call = _prepare(conv, bn, shape, dtype, act, True)
+                        calls = {a_name: _with_sum(call, True), b_name: _with_sum(call, False)}
+                    else:
+                        calls = {a_name: _prepare(conv, bn, shape, dtype, act, True),
+                                 b_name: _prepare(conv, bn, shape, dtype, act, False)}
                     t = time_prepared(calls, x, res, args.min_run_time)
-                    a, b = t["2d"].median_ms, t["3d"].median_ms
+                    a, b = t[a_name].median_ms, t[b_name].median_ms
                     tag = label + (" +res" if res is not None else "")
-                    print(f"{tag[:52]:52s} {name:8s} {a:8.3f} {b:8.3f} {b / a:8.2f}", flush=True)
-
+                    print(f"{tag[:52]:52s} {name:8s} {a:8.3f} {b:8.3f} {b / a:10.2f}",
+                          flush=True)
 
 if __name__ == "__main__":
     main()

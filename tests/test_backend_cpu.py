@@ -431,14 +431,17 @@ def _fresh_pack_cache():
 
 
 @pytest.mark.parametrize("act", ACTS)
-@pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("with_residual", [None, "sum", "binary"],
+                         ids=["plain", "residual_sum", "residual_binary"])
 @pytest.mark.parametrize("dtype", CPU_DTYPES, ids=_ids)
 @pytest.mark.parametrize("case", TEMPORAL_2D_CASES, ids=[c[0] for c in TEMPORAL_2D_CASES])
 def test_temporal_convs_run_as_2d_and_match_float64(case, dtype, with_residual, act,
-                                                    _fresh_pack_cache):
+                                                    _fresh_pack_cache, monkeypatch):
     """The (D, H*W) view: input, residual and output are views of the channels_last_3d tensors,
     the result is the 3-D convolution's (against float64), in channels_last_3d; the residual is
-    added by oneDNN's sum post-op into a copy of it, and the caller's tensor is left as it was."""
+    added by oneDNN's sum post-op into a copy of it (the default) or by the binary add post-op
+    (``TEMPORAL_2D_SUM`` off), and the caller's tensor is left as it was."""
+    monkeypatch.setattr(cpu_backend, "TEMPORAL_2D_SUM", with_residual != "binary")
     if cpu_backend._widened(dtype):
         pytest.skip("oneDNN has no bfloat16 convolution on this CPU (the widened route runs)")
     _, n, c_in, c_out, (d, h, w), kt, st, pt, dt = case

@@ -388,6 +388,12 @@ def _use_winograd(key) -> bool:
 TEMPORAL_2D = os.environ.get("VIDEOCONV_CPU_TEMPORAL_2D", "1") != "0"
 
 
+#: On that route, a residual is added by oneDNN's sum post-op into a copy of it rather than by the
+#: binary add post-op (see ``_binary``); read at import, and by the prepared call on every call
+#: (benchmarks/temporal_2d_ab.py --sum switches it in one process).
+TEMPORAL_2D_SUM = os.environ.get("VIDEOCONV_CPU_TEMPORAL_2D_SUM", "1") != "0"
+
+
 def _use_temporal_2d(key) -> bool:
     """Whether the convolution ``key`` describes runs on oneDNN as a 2-D (kt, 1) convolution over
     (D, H*W): a (kt, 1, 1) kernel with kt > 1, spatial stride and dilation 1, no spatial padding
@@ -731,7 +737,7 @@ def _prepare(weight, scale, shift, stride, padding, dilation, groups, activation
             if residual is not None:
                 residual = _as_2d(residual.contiguous(memory_format=torch.channels_last_3d))
                 y = _binary(mk, x2, residual, packed, bias, pad2, stride2, dil2, groups,
-                            activation, sum_into_copy=True)
+                            activation, sum_into_copy=TEMPORAL_2D_SUM)
             else:
                 y = mk._convolution_pointwise(x2, packed, bias, pad2, stride2, dil2, groups,
                                               unary, [], "")
@@ -774,10 +780,10 @@ def _binary(mk, x, residual, packed, bias, padding, stride, dilation, groups, ac
     if sum_into_copy:
         # oneDNN's sum post-op, which accumulates the convolution into its destination, here a
         # copy of the residual (the caller's tensor is not written): the same single rounding
-        # as the binary add post-op, and faster where it is used, the temporal convs over the
-        # (D, H*W) view (route onednn-2d). On Zen 5, r2plus1d_18's (3, 1, 1) convs in bfloat16,
-        # the copy included: 3.61 against 3.88 ms for 144 -> 64 at 16x56x56, 1.42 against 1.46
-        # ms for 288 -> 128 at 8x28x28.
+        # as the binary add post-op. Used on the temporal convs over the (D, H*W) view (route
+        # onednn-2d), where it was faster on the largest map: on Zen 5, R(2+1)D-18's 144 -> 64
+        # (3, 1, 1) at 16x56x56 in bfloat16, 1.05-1.25x in three runs, the copy included
+        # (benchmarks/temporal_2d_ab.py --sum); within the noise on the smaller maps.
         y = mk._convolution_pointwise_.binary(residual.clone(), x, packed, bias, padding, stride,
                                               dilation, groups, "add", 1.0, unary, [], "")
     else:
