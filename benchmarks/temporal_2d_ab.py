@@ -150,5 +150,6 @@ def main() -> None:
                     print(f"{tag[:52]:52s} {name:8s} {a:8.3f} {b:8.3f} {b / a:10.2f}",
                           flush=True)
 
+
 if __name__ == "__main__":
     main()

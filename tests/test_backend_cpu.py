@@ -431,17 +431,17 @@ def _fresh_pack_cache():
 
 
 @pytest.mark.parametrize("act", ACTS)
-@pytest.mark.parametrize("with_residual", [None, "sum", "binary"],
+@pytest.mark.parametrize("residual_add", [None, "sum", "binary"],
                          ids=["plain", "residual_sum", "residual_binary"])
 @pytest.mark.parametrize("dtype", CPU_DTYPES, ids=_ids)
 @pytest.mark.parametrize("case", TEMPORAL_2D_CASES, ids=[c[0] for c in TEMPORAL_2D_CASES])
-def test_temporal_convs_run_as_2d_and_match_float64(case, dtype, with_residual, act,
+def test_temporal_convs_run_as_2d_and_match_float64(case, dtype, residual_add, act,
                                                     _fresh_pack_cache, monkeypatch):
     """The (D, H*W) view: input, residual and output are views of the channels_last_3d tensors,
     the result is the 3-D convolution's (against float64), in channels_last_3d; the residual is
     added by oneDNN's sum post-op into a copy of it (the default) or by the binary add post-op
     (``TEMPORAL_2D_SUM`` off), and the caller's tensor is left as it was."""
-    monkeypatch.setattr(cpu_backend, "TEMPORAL_2D_SUM", with_residual != "binary")
+    monkeypatch.setattr(cpu_backend, "TEMPORAL_2D_SUM", residual_add != "binary")
     if cpu_backend._widened(dtype):
         pytest.skip("oneDNN has no bfloat16 convolution on this CPU (the widened route runs)")
     _, n, c_in, c_out, (d, h, w), kt, st, pt, dt = case
@@ -453,7 +453,7 @@ def test_temporal_convs_run_as_2d_and_match_float64(case, dtype, with_residual, 
     shift = torch.randn(c_out, generator=g).to(dtype)
     d_out = (d + 2 * pt - dt * (kt - 1) - 1) // st + 1
     residual = (torch.randn(n, c_out, d_out, h, w, generator=g).to(dtype)
-                .contiguous(memory_format=cl) if with_residual else None)
+                .contiguous(memory_format=cl) if residual_add else None)
     stride, padding, dilation = (st, 1, 1), (pt, 0, 0), (dt, 1, 1)
     residual_before = None if residual is None else residual.clone()
     with backends.use("cpu"):
@@ -467,6 +467,26 @@ def test_temporal_convs_run_as_2d_and_match_float64(case, dtype, with_residual, 
                                     residual)
     atol, rtol = _TOL[dtype]
     torch.testing.assert_close(y.double(), expected, atol=atol, rtol=rtol)
+
+
+def test_temporal_2d_sum_leaves_an_ncdhw_residual_alone(_fresh_pack_cache):
+    """A residual in another layout is converted to channels_last_3d (a new tensor, which the sum
+    post-op then writes without a second copy): the caller's tensor is unchanged, the result is
+    the float64 one."""
+    g = torch.Generator().manual_seed(7)
+    cl = torch.channels_last_3d
+    x = torch.randn(2, 16, 6, 5, 7, generator=g).contiguous(memory_format=cl)
+    wt = torch.randn(24, 16, 3, 1, 1, generator=g) / 3
+    scale, shift = torch.rand(24, generator=g) + 0.5, torch.randn(24, generator=g)
+    residual = torch.randn(2, 24, 6, 5, 7, generator=g)  # NCDHW
+    residual_before = residual.clone()
+    args = (x, wt, scale, shift, (1, 1, 1), (1, 0, 0), (1, 1, 1), 1, "relu", residual)
+    with backends.use("cpu"):
+        y = conv3d_bn_act(*args)
+    assert _routes() == {"onednn-2d"} and cpu_backend.TEMPORAL_2D_SUM
+    assert torch.equal(residual, residual_before)
+    torch.testing.assert_close(y.double(), oracle_conv3d_bn_act(*args), atol=_TOL[torch.float32][0],
+                               rtol=_TOL[torch.float32][1])
 
 
 def test_temporal_2d_route_in_modules_and_2plus1d_units(_fresh_pack_cache):

@@ -735,9 +735,12 @@ def _prepare(weight, scale, shift, stride, padding, dilation, groups, activation
             # x is channels_last_3d here (the prepared path's contract), so these are views.
             x2 = _as_2d(x)
             if residual is not None:
-                residual = _as_2d(residual.contiguous(memory_format=torch.channels_last_3d))
-                y = _binary(mk, x2, residual, packed, bias, pad2, stride2, dil2, groups,
-                            activation, sum_into_copy=TEMPORAL_2D_SUM)
+                r3 = residual.contiguous(memory_format=torch.channels_last_3d)
+                sum_into = TEMPORAL_2D_SUM
+                if sum_into and r3 is residual:  # the sum post-op writes it: not the caller's
+                    r3 = r3.clone()
+                y = _binary(mk, x2, _as_2d(r3), packed, bias, pad2, stride2, dil2, groups,
+                            activation, sum_into_residual=sum_into)
             else:
                 y = mk._convolution_pointwise(x2, packed, bias, pad2, stride2, dil2, groups,
                                               unary, [], "")
@@ -771,20 +774,20 @@ def _prepare(weight, scale, shift, stride, padding, dilation, groups, activation
 
 
 def _binary(mk, x, residual, packed, bias, padding, stride, dilation, groups, activation,
-            sum_into_copy=False):
+            sum_into_residual=False):
     # For grouped bfloat16 convolutions torch computes the binary post-op with ATen's
     # add_relu, which has no bfloat16 kernel: add in oneDNN, relu after (relu commutes with
     # the rounding to bfloat16, so the result is the same).
     relu_after = activation == "relu" and groups != 1 and x.dtype == torch.bfloat16
     unary = "relu" if activation == "relu" and not relu_after else None
-    if sum_into_copy:
-        # oneDNN's sum post-op, which accumulates the convolution into its destination, here a
-        # copy of the residual (the caller's tensor is not written): the same single rounding
-        # as the binary add post-op. Used on the temporal convs over the (D, H*W) view (route
-        # onednn-2d), where it was faster on the largest map: on Zen 5, R(2+1)D-18's 144 -> 64
-        # (3, 1, 1) at 16x56x56 in bfloat16, 1.05-1.25x in three runs, the copy included
-        # (benchmarks/temporal_2d_ab.py --sum); within the noise on the smaller maps.
-        y = mk._convolution_pointwise_.binary(residual.clone(), x, packed, bias, padding, stride,
+    if sum_into_residual:
+        # oneDNN's sum post-op, which accumulates the convolution into its destination: here
+        # ``residual`` itself, which the caller owns (a copy of the user's tensor); the same
+        # single rounding as the binary add post-op. Used on the temporal convs over the (D, H*W)
+        # view (route onednn-2d), where it was faster on the largest map: on Zen 5, R(2+1)D-18's
+        # 144 -> 64 (3, 1, 1) at 16x56x56 in bfloat16, 1.05-1.25x in three runs, the copy
+        # included (benchmarks/temporal_2d_ab.py --sum); within the noise on the smaller maps.
+        y = mk._convolution_pointwise_.binary(residual, x, packed, bias, padding, stride,
                                               dilation, groups, "add", 1.0, unary, [], "")
     else:
         y = mk._convolution_pointwise.binary(x, residual, packed, bias, padding, stride,
