@@ -62,8 +62,6 @@ namespace {
 using namespace vec16;
 
 constexpr int64_t kGroup = 16;       // channels per vector and per packed weight group
-constexpr int64_t kMaxTapRows = 64;  // kt * kh: the (t, h) tap rows one output row reads
-constexpr int kMaxBlock = 8;         // output columns per register block
 
 struct Geometry {
   int64_t c = 0;
@@ -132,166 +130,217 @@ __attribute__((always_inline)) inline void finish(vf16 acc, vf16 shift, const T*
   store(activate(v, activation), y + off);
 }
 
-// The context of one output row at one channel vector: the tap rows inside the input (pointers
-// at the vector's first channel) and their weights' tap index, the weights, shift, output.
+// Columns [w_begin, w_end) of output row (n, t_out, h_out) at the channel vector c0, with a
+// bounds check per tap: kernels, strides and dilations the tiles do not cover, and padding wider
+// than one column.
 template <typename T>
-struct RowArgs {
-  const Geometry& g;
-  const T* const* rows;
-  const int64_t* row_taps;
-  int64_t nrows;
-  const float* wq;  // this vector's packed weights: [kt][kh][kw][16]
-  vf16 shift;
-  const T* residual;
-  T* y;
-  int64_t out_row;  // output position of the row's column 0
-  int64_t c0;
-  int activation;
-};
-
-// Columns [w_begin, w_end) with a bounds check per tap: kernels the blocked path does not cover.
-template <typename T>
-__attribute__((always_inline)) inline void columns_checked(const RowArgs<T>& a, int64_t w_begin,
-                                                           int64_t w_end) {
-  const Geometry& g = a.g;
+__attribute__((always_inline)) inline void columns_checked_at(
+    const Geometry& g, const T* x, const float* wq, vf16 shift, const T* residual, T* y,
+    int64_t n, int64_t t_out, int64_t h_out, int64_t c0, int64_t w_begin, int64_t w_end,
+    int activation) {
+  const int64_t out_row = ((n * g.t_out + t_out) * g.h_out + h_out) * g.w_out;
   for (int64_t wo = w_begin; wo < w_end; wo++) {
     vf16 acc = {};
-    for (int64_t r = 0; r < a.nrows; r++) {
-      const float* wr = a.wq + a.row_taps[r] * g.kw * kGroup;
-      for (int64_t k = 0; k < g.kw; k++) {
-        const int64_t wi = wo * g.sw - g.pw + k * g.dw;
-        if (wi < 0 || wi >= g.w_in) continue;
-        acc += widen(a.rows[r] + wi * g.c) * load<vf16>(wr + k * kGroup);
+    for (int64_t kt = 0; kt < g.kt; kt++) {
+      const int64_t ti = t_out * g.st - g.pt + kt * g.dt;
+      if (ti < 0 || ti >= g.t_in) continue;
+      for (int64_t kh = 0; kh < g.kh; kh++) {
+        const int64_t hi = h_out * g.sh - g.ph + kh * g.dh;
+        if (hi < 0 || hi >= g.h_in) continue;
+        const T* xr = x + ((n * g.t_in + ti) * g.h_in + hi) * g.w_in * g.c + c0;
+        const float* wr = wq + (kt * g.kh + kh) * g.kw * kGroup;
+        for (int64_t kw = 0; kw < g.kw; kw++) {
+          const int64_t wi = wo * g.sw - g.pw + kw * g.dw;
+          if (wi < 0 || wi >= g.w_in) continue;
+          acc += widen(xr + wi * g.c) * load<vf16>(wr + kw * kGroup);
+        }
       }
     }
-    finish(acc, a.shift, a.residual, a.y, (a.out_row + wo) * g.c + a.c0, a.activation);
+    finish(acc, shift, residual, y, (out_row + wo) * g.c + c0, activation);
   }
 }
 
-// NC output columns from w0 (see the note above); KW and SW are the kernel's width and stride,
-// dilation_w is 1. The block reads input columns wi0 .. wi0 + NI - 1, of which the first Lead and
-// the last Trail are padding (0 or 1 each: a 3-wide kernel with padding 1 at the row's edges):
-// their loads and FMAs are left out at compile time, so no block checks anything per tap.
-template <int KW, int SW, int NC, int Lead, int Trail, typename T>
-__attribute__((always_inline)) inline void block(const RowArgs<T>& a, int64_t w0) {
-  constexpr int NI = (NC - 1) * SW + KW;  // input columns the block spans
-  const Geometry& g = a.g;
-  const int64_t wi0 = w0 * SW - g.pw;
-  vf16 acc[NC] = {};
-  for (int64_t r = 0; r < a.nrows; r++) {
-    const T* xr = a.rows[r] + wi0 * g.c;
-    const float* wr = a.wq + a.row_taps[r] * KW * kGroup;
-    vf16 wv[KW];
-#pragma GCC unroll 8
-    for (int k = 0; k < KW; k++) wv[k] = load<vf16>(wr + k * kGroup);
-    vf16 in[NI];
+// The blocked path: a tile of RB output rows x NC output columns of one frame, at one channel
+// vector, for a KH x KW kernel with strides SH, SW and dilation 1 in h and w (see the note
+// above). Per temporal tap: the KH x KW weights into registers; then each of the tile's
+// (RB - 1) SH + KH input rows is loaded once ((NC - 1) SW + KW vectors, widened once) and feeds
+// every output row of the tile that reads it. The first Lead and last Trail input columns are
+// padding (0 or 1 each: a 3-wide kernel with padding 1 at the row's edges): their loads and FMAs
+// are left out at compile time. Rows outside the input are skipped; tile rows past the output
+// (rb < RB, the frame's last tile) are computed and not stored.
+struct TileArgs {
+  int64_t n, t_out, h0, rb, w0, c0;
+};
+
+template <int KH, int KW, int SH, int SW, int RB, int NC, int Lead, int Trail, typename T>
+__attribute__((always_inline)) inline void tile(const Geometry& g, const T* x, const float* wq,
+                                                vf16 shift, const T* residual, T* y,
+                                                const TileArgs& a, int activation) {
+  constexpr int NI = (NC - 1) * SW + KW;  // input columns
+  constexpr int NR = (RB - 1) * SH + KH;  // input rows
+  const int64_t wi0 = a.w0 * SW - g.pw, hi0 = a.h0 * SH - g.ph;
+  const int64_t row_stride = g.w_in * g.c;
+  vf16 acc[RB][NC] = {};
+  for (int64_t kt = 0; kt < g.kt; kt++) {
+    const int64_t ti = a.t_out * g.st - g.pt + kt * g.dt;
+    if (ti < 0 || ti >= g.t_in) continue;
+    vf16 wv[KH][KW];
+#pragma GCC unroll 4
+    for (int i = 0; i < KH; i++) {
+#pragma GCC unroll 4
+      for (int k = 0; k < KW; k++) wv[i][k] = load<vf16>(wq + ((kt * KH + i) * KW + k) * kGroup);
+    }
+    const T* frame = x + (a.n * g.t_in + ti) * g.h_in * row_stride + a.c0;
+#pragma GCC unroll 16
+    for (int r = 0; r < NR; r++) {
+      const int64_t hi = hi0 + r;
+      if (hi < 0 || hi >= g.h_in) continue;
+      const T* xr = frame + hi * row_stride + wi0 * g.c;
+      vf16 in[NI];
 #pragma GCC unroll 32
-    for (int i = Lead; i < NI - Trail; i++) in[i] = widen(xr + i * g.c);
+      for (int i = Lead; i < NI - Trail; i++) in[i] = widen(xr + i * g.c);
+#pragma GCC unroll 4
+      for (int rr = 0; rr < RB; rr++) {
+        const int kh = r - rr * SH;  // this input row's tap in output row rr
+        if (kh < 0 || kh >= KH) continue;
+#pragma GCC unroll 16
+        for (int j = 0; j < NC; j++) {
+#pragma GCC unroll 4
+          for (int k = 0; k < KW; k++) {
+            const int i = j * SW + k;
+            if (i >= Lead && i < NI - Trail) acc[rr][j] += in[i] * wv[kh][k];
+          }
+        }
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int rr = 0; rr < RB; rr++) {
+    if (rr >= a.rb) break;
+    const int64_t out_row = ((a.n * g.t_out + a.t_out) * g.h_out + a.h0 + rr) * g.w_out;
 #pragma GCC unroll 16
     for (int j = 0; j < NC; j++) {
-#pragma GCC unroll 8
-      for (int k = 0; k < KW; k++) {
-        const int i = j * SW + k;
-        if (i >= Lead && i < NI - Trail) acc[j] += in[i] * wv[k];
-      }
+      finish(acc[rr][j], shift, residual, y, (out_row + a.w0 + j) * g.c + a.c0, activation);
     }
   }
-#pragma GCC unroll 16
-  for (int j = 0; j < NC; j++) {
-    finish(acc[j], a.shift, a.residual, a.y, (a.out_row + w0 + j) * g.c + a.c0, a.activation);
-  }
 }
 
-template <int KW, int SW, int NC, typename T>
-__attribute__((always_inline)) inline void block_at(const RowArgs<T>& a, int64_t w0) {
+template <int KH, int KW, int SH, int SW, int RB, int NC, typename T>
+__attribute__((always_inline)) inline void tile_at(const Geometry& g, const T* x, const float* wq,
+                                                   vf16 shift, const T* residual, T* y,
+                                                   const TileArgs& a, int activation) {
   constexpr int NI = (NC - 1) * SW + KW;
-  const int64_t wi0 = w0 * SW - a.g.pw;
+  const int64_t wi0 = a.w0 * SW - g.pw;
   const int64_t lead = std::max<int64_t>(0, -wi0);
-  const int64_t trail = std::max<int64_t>(0, wi0 + NI - a.g.w_in);
+  const int64_t trail = std::max<int64_t>(0, wi0 + NI - g.w_in);
   if (lead == 0 && trail == 0) {
-    block<KW, SW, NC, 0, 0>(a, w0);
+    tile<KH, KW, SH, SW, RB, NC, 0, 0>(g, x, wq, shift, residual, y, a, activation);
   } else if (lead == 1 && trail == 0) {
-    block<KW, SW, NC, 1, 0>(a, w0);
+    tile<KH, KW, SH, SW, RB, NC, 1, 0>(g, x, wq, shift, residual, y, a, activation);
   } else if (lead == 0 && trail == 1) {
-    block<KW, SW, NC, 0, 1>(a, w0);
-  } else if (lead == 1 && trail == 1) {
-    block<KW, SW, NC, 1, 1>(a, w0);
+    tile<KH, KW, SH, SW, RB, NC, 0, 1>(g, x, wq, shift, residual, y, a, activation);
   } else {
-    columns_checked(a, w0, w0 + NC);
+    // (1, 1), or wider padding: the (1, 1) tile reads the padded columns as zeros only if there
+    // is exactly one on each side; anything else takes the checked path, row by row.
+    if (lead == 1 && trail == 1) {
+      tile<KH, KW, SH, SW, RB, NC, 1, 1>(g, x, wq, shift, residual, y, a, activation);
+      return;
+    }
+    for (int64_t rr = 0; rr < a.rb; rr++) {
+      columns_checked_at(g, x, wq, shift, residual, y, a.n, a.t_out, a.h0 + rr, a.c0, a.w0,
+                         a.w0 + NC, activation);
+    }
   }
 }
 
-// A row in blocks of at most kMaxBlock columns, as even as possible (10 columns: 5 + 5, not
-// 8 + 2: a block's width is a compile-time constant, so that its accumulators and inputs stay in
-// registers, and a short last block would run fewer FMAs per weight load).
-template <int KW, int SW, typename T>
-__attribute__((always_inline)) inline void row_blocked(const RowArgs<T>& a) {
-  const int64_t w_out = a.g.w_out;
-  const int64_t blocks = (w_out + kMaxBlock - 1) / kMaxBlock;
-  const int64_t base = w_out / blocks, wider = w_out % blocks;  // the first `wider` get +1
-  int64_t w0 = 0;
+// A tile row (RB output rows) in column blocks of at most MaxNC, as even as possible (10
+// columns: 4 + 3 + 3, not 4 + 4 + 2: a block's width is a compile-time constant, so that its
+// accumulators and inputs stay in registers, and a short block runs fewer FMAs per load).
+template <int KH, int KW, int SH, int SW, int RB, int MaxNC, typename T>
+__attribute__((always_inline)) inline void tile_row(const Geometry& g, const T* x,
+                                                    const float* wq, vf16 shift,
+                                                    const T* residual, T* y, TileArgs a,
+                                                    int activation) {
+  const int64_t blocks = (g.w_out + MaxNC - 1) / MaxNC;
+  const int64_t base = g.w_out / blocks, wider = g.w_out % blocks;  // the first `wider` get +1
+  a.w0 = 0;
   for (int64_t b = 0; b < blocks; b++) {
     const int64_t nc = base + (b < wider ? 1 : 0);
+#define VIDEOCONV_DW_TILE(n)                                                                  \
+  case n:                                                                                     \
+    if constexpr (n <= MaxNC) {                                                               \
+      tile_at<KH, KW, SH, SW, RB, n>(g, x, wq, shift, residual, y, a, activation);            \
+    }                                                                                         \
+    break;
     switch (nc) {
-      case 1: block_at<KW, SW, 1>(a, w0); break;
-      case 2: block_at<KW, SW, 2>(a, w0); break;
-      case 3: block_at<KW, SW, 3>(a, w0); break;
-      case 4: block_at<KW, SW, 4>(a, w0); break;
-      case 5: block_at<KW, SW, 5>(a, w0); break;
-      case 6: block_at<KW, SW, 6>(a, w0); break;
-      case 7: block_at<KW, SW, 7>(a, w0); break;
-      default: block_at<KW, SW, 8>(a, w0); break;
+      VIDEOCONV_DW_TILE(1)
+      VIDEOCONV_DW_TILE(2)
+      VIDEOCONV_DW_TILE(3)
+      VIDEOCONV_DW_TILE(4)
+      VIDEOCONV_DW_TILE(5)
+      VIDEOCONV_DW_TILE(6)
+      VIDEOCONV_DW_TILE(7)
+      VIDEOCONV_DW_TILE(8)
     }
-    w0 += nc;
+#undef VIDEOCONV_DW_TILE
+    a.w0 += nc;
   }
 }
 
-// One output row at one channel vector: blocked for the kernel widths and strides of X3D and CSN
-// (3x3x3 and (kt, 1, 1), stride 1 or 2), checked per tap for anything else.
-template <typename T>
-__attribute__((always_inline)) inline void one_row(const RowArgs<T>& a) {
-  const Geometry& g = a.g;
-  if (g.dw == 1 && g.kw == 3 && g.sw == 1) {
-    row_blocked<3, 1>(a);
-  } else if (g.dw == 1 && g.kw == 3 && g.sw == 2) {
-    row_blocked<3, 2>(a);
-  } else if (g.kw == 1 && g.sw == 1) {
-    row_blocked<1, 1>(a);
-  } else {
-    columns_checked(a, 0, g.w_out);
-  }
+// Which tile a kernel takes: X3D's and CSN's 3x3x3 (stride 1 or 2 in h and w) and (kt, 1, 1)
+// kernels. Register budget (32 zmm): 3x3, stride 1: 3 rows x 4 columns of accumulators, 9
+// weights, 6 inputs; stride 2: 2 x 4, 9 weights, 9 inputs; (kt, 1, 1): 1 x 8, 1 weight, 8
+// inputs. Anything else: nullopt, the checked path.
+enum class TileKind { k3x3s1, k3x3s2, k1x1s1, none };
+
+inline TileKind tile_kind(const Geometry& g) {
+  if (g.dh != 1 || g.dw != 1) return TileKind::none;
+  if (g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1) return TileKind::k3x3s1;
+  if (g.kh == 3 && g.kw == 3 && g.sh == 2 && g.sw == 2) return TileKind::k3x3s2;
+  if (g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1) return TileKind::k1x1s1;
+  return TileKind::none;
 }
 
-// Output rows [i0, i1) (row = (n, t_out, h_out)), every channel group.
+inline int64_t tile_rows(TileKind kind) {
+  return kind == TileKind::k1x1s1 ? 1 : 2;
+}
+
+// Work items [i0, i1): item = (n, t_out, tile row of tile_rows() output rows), every channel
+// group.
 template <typename T>
-void depthwise_rows(const T* x, const float* w, const float* shift, const T* residual, T* y,
-                    const Geometry& g, int activation, int64_t i0, int64_t i1) {
-  const T* rows[kMaxTapRows];
-  const T* at_lanes[kMaxTapRows];
-  int64_t row_taps[kMaxTapRows];
+void depthwise_items(const T* x, const float* w, const float* shift, const T* residual, T* y,
+                     const Geometry& g, int activation, int64_t i0, int64_t i1) {
+  const TileKind kind = tile_kind(g);
+  const int64_t rows_per_item = tile_rows(kind);
+  const int64_t tiles_h = (g.h_out + rows_per_item - 1) / rows_per_item;
   const int64_t taps = g.kt * g.kh * g.kw;
-  for (int64_t row = i0; row < i1; row++) {
-    const int64_t ho = row % g.h_out, to = (row / g.h_out) % g.t_out;
-    const int64_t n = row / (g.h_out * g.t_out);
-    // The (kt, kh) tap rows inside the input, shared by all channel groups and columns.
-    int64_t nrows = 0;
-    for (int64_t i = 0; i < g.kt; i++) {
-      const int64_t ti = to * g.st - g.pt + i * g.dt;
-      if (ti < 0 || ti >= g.t_in) continue;
-      for (int64_t j = 0; j < g.kh; j++) {
-        const int64_t hi = ho * g.sh - g.ph + j * g.dh;
-        if (hi < 0 || hi >= g.h_in) continue;
-        rows[nrows] = x + ((n * g.t_in + ti) * g.h_in + hi) * g.w_in * g.c;
-        row_taps[nrows] = i * g.kh + j;
-        nrows++;
-      }
-    }
+  for (int64_t item = i0; item < i1; item++) {
+    TileArgs a;
+    const int64_t th = item % tiles_h;
+    a.t_out = (item / tiles_h) % g.t_out;
+    a.n = item / (tiles_h * g.t_out);
+    a.h0 = th * rows_per_item;
+    a.rb = std::min(rows_per_item, g.h_out - a.h0);
     for (int64_t q = 0; q < g.groups; q++) {
-      const int64_t c0 = group_start(g, q);
-      for (int64_t k = 0; k < nrows; k++) at_lanes[k] = rows[k] + c0;
-      const RowArgs<T> args{g, at_lanes, row_taps, nrows, w + q * taps * kGroup,
-                            load<vf16>(shift + c0), residual, y, row * g.w_out, c0, activation};
-      one_row(args);
+      a.c0 = group_start(g, q);
+      const float* wq = w + q * taps * kGroup;
+      const vf16 sh = load<vf16>(shift + a.c0);
+      switch (kind) {
+        case TileKind::k3x3s1:
+          tile_row<3, 3, 1, 1, 2, 4>(g, x, wq, sh, residual, y, a, activation);
+          break;
+        case TileKind::k3x3s2:
+          tile_row<3, 3, 2, 2, 2, 3>(g, x, wq, sh, residual, y, a, activation);
+          break;
+        case TileKind::k1x1s1:
+          tile_row<1, 1, 1, 1, 1, 8>(g, x, wq, sh, residual, y, a, activation);
+          break;
+        default:
+          for (int64_t rr = 0; rr < a.rb; rr++) {
+            columns_checked_at(g, x, wq, sh, residual, y, a.n, a.t_out, a.h0 + rr, a.c0, 0,
+                               g.w_out, activation);
+          }
+      }
     }
   }
 }
@@ -299,12 +348,13 @@ void depthwise_rows(const T* x, const float* w, const float* shift, const T* res
 template <typename T>
 void conv3d_depthwise_kernel(const T* x, const float* w, const float* shift, const T* residual,
                              T* y, int64_t batch, const Geometry& g, int activation) {
-  const int64_t rows = batch * g.t_out * g.h_out;
-  const int64_t macs_per_row = g.w_out * g.c * g.kt * g.kh * g.kw;
+  const int64_t rows_per_item = tile_rows(tile_kind(g));
+  const int64_t items = batch * g.t_out * ((g.h_out + rows_per_item - 1) / rows_per_item);
+  const int64_t macs_per_item = rows_per_item * g.w_out * g.c * g.kt * g.kh * g.kw;
   const int64_t grain =
-      std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(1, macs_per_row));
-  at::parallel_for(0, rows, grain, [&](int64_t i0, int64_t i1) {
-    depthwise_rows<T>(x, w, shift, residual, y, g, activation, i0, i1);
+      std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(1, macs_per_item));
+  at::parallel_for(0, items, grain, [&](int64_t i0, int64_t i1) {
+    depthwise_items<T>(x, w, shift, residual, y, g, activation, i0, i1);
   });
 }
 
@@ -357,9 +407,7 @@ at::Tensor conv3d_depthwise_cpu(const at::Tensor& input, const at::Tensor& weigh
   g.kt = weight.size(1);
   g.kh = weight.size(2);
   g.kw = weight.size(3);
-  TORCH_CHECK(g.kt >= 1 && g.kh >= 1 && g.kw >= 1 && g.kt * g.kh <= kMaxTapRows, op,
-              ": kernel of ", g.kt, "x", g.kh, "x", g.kw, " not supported (kt * kh at most ",
-              kMaxTapRows, ")");
+  TORCH_CHECK(g.kt >= 1 && g.kh >= 1 && g.kw >= 1, op, ": empty kernel ", weight.sizes());
   TORCH_CHECK(shift.dim() == 1 && shift.numel() == g.c && shift.scalar_type() == at::kFloat &&
                   shift.is_contiguous(),
               op, ": shift must be a contiguous float32 vector of C values");

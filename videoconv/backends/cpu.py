@@ -584,7 +584,7 @@ def _has_depthwise_kernel() -> bool:
 def _use_depthwise(key) -> bool:
     """Whether the convolution ``key`` describes runs through the depthwise kernel
     (``videoconv::_conv3d_depthwise_cpu``): groups == C_in == C_out (one filter per channel) and
-    at least 16 channels, channels_last_3d, float32 or bfloat16, kt * kh <= 64, and output frames
+    at least 16 channels, channels_last_3d, float32 or bfloat16, and output frames
     of at most ``_DEPTHWISE_MAX_FRAME`` positions. Not where oneDNN computes bfloat16 in float32
     (:func:`_widened`): every CPU that runs the kernel (AVX-512 BW) has oneDNN's bfloat16, so
     that case exists only in the tests that emulate such a CPU, which check the widened route."""
@@ -593,7 +593,7 @@ def _use_depthwise(key) -> bool:
     if not (DEPTHWISE and fmt == torch.channels_last_3d
             and dtype in (torch.float32, torch.bfloat16) and per_group == 1
             and groups == c_out == input_size[1] and c_out >= _DEPTHWISE_LANES
-            and wshape[2] * wshape[3] <= 64 and not _widened(dtype) and _has_depthwise_kernel()):
+            and not _widened(dtype) and _has_depthwise_kernel()):
         return False
     h_out, w_out = ((size + 2 * p - d * (k - 1) - 1) // s + 1 for size, k, s, p, d in zip(
         input_size[3:], wshape[3:], stride[1:], padding[1:], dilation[1:]))
