@@ -48,15 +48,6 @@ weight rounded to bfloat16). The weight is packed once (:func:`_pointwise_weight
 layers qualify is :func:`_use_pointwise`, with limits measured per variant;
 ``VIDEOCONV_CPU_POINTWISE=0`` (read at import) turns it off.
 
-Depthwise convolutions (X3D's and CSN's; groups == C_in == C_out, at least 16 channels) with
-small output frames run, on CPUs with AVX-512, through ``videoconv::_conv3d_depthwise_cpu``
-(csrc/cpu/conv3d_depthwise.cpp): float32 FMAs over 16 channels at a time with the input widened
-in registers, register blocks of output columns, the epilogue on the accumulators, and a ~2 µs
-call instead of oneDNN's per-call set-up, which inside X3D-S costs 40-80 µs a call. The weight is
-packed once (:func:`_depthwise_weight`, cached); which layers qualify is :func:`_use_depthwise`
-(output frames of at most ``_DEPTHWISE_MAX_FRAME`` positions: on larger maps oneDNN's kernel is
-faster); ``VIDEOCONV_CPU_DEPTHWISE=0`` (read at import) turns it off.
-
 Temporal convolutions, a (kt, 1, 1) kernel with spatial stride 1 (R(2+1)D's second conv,
 SlowFast's temporal bottlenecks), run on oneDNN as the 2-D (kt, 1) convolution they are over a
 (D, H*W) image (:func:`_use_temporal_2d`): a channels_last_3d (N, C, D, H, W) tensor *is* a
@@ -556,64 +547,6 @@ def _pointwise_weight(folded: torch.Tensor, dtype: torch.dtype,
     return torch.cat(blocks).contiguous()
 
 
-#: The depthwise kernel for eligible convolutions (see the module docstring); read at import.
-DEPTHWISE = os.environ.get("VIDEOCONV_CPU_DEPTHWISE", "1") != "0"
-
-#: Limit of the depthwise kernel (:func:`_use_depthwise`): output positions per frame. Timed alone
-#: on the project's 2-core AMD EPYC Zen 5 against oneDNN's depthwise convolution through
-#: ``_convolution_pointwise`` (``python benchmarks/depthwise_ab.py``, in turns), X3D-S's bfloat16
-#: layers: 1.1-1.4x with 5x5 and 10x10 output frames, ~1.0x at 20x20, 0.5-0.8x on the larger
-#: ones and the (5, 1, 1) one at 80x80, where oneDNN's kernel streams the input better and its
-#: set-up is a small part of the call. Inside the model the kernel also saves that set-up, which
-#: is paid cold there (see csrc/cpu/conv3d_depthwise.cpp).
-_DEPTHWISE_MAX_FRAME = 400
-_DEPTHWISE_LANES = 16  # the kernel's channel vector (csrc/cpu/conv3d_depthwise.cpp)
-
-_depthwise_kernel: Optional[bool] = None
-
-
-def _has_depthwise_kernel() -> bool:
-    """Whether the extension has the depthwise kernel and this CPU runs it (AVX-512)."""
-    global _depthwise_kernel
-    if _depthwise_kernel is None:
-        _depthwise_kernel = (_op_registered("_conv3d_depthwise_cpu")
-                             and bool(torch.ops.videoconv._conv3d_depthwise_cpu_supported()))
-    return _depthwise_kernel
-
-
-def _use_depthwise(key) -> bool:
-    """Whether the convolution ``key`` describes runs through the depthwise kernel
-    (``videoconv::_conv3d_depthwise_cpu``): groups == C_in == C_out (one filter per channel) and
-    at least 16 channels, channels_last_3d, float32 or bfloat16, and output frames
-    of at most ``_DEPTHWISE_MAX_FRAME`` positions. Not where oneDNN computes bfloat16 in float32
-    (:func:`_widened`): every CPU that runs the kernel (AVX-512 BW) has oneDNN's bfloat16, so
-    that case exists only in the tests that emulate such a CPU, which check the widened route."""
-    (dtype, _, fmt, wshape), stride, padding, dilation, groups, input_size = key
-    c_out, per_group = wshape[0], wshape[1]
-    if not (DEPTHWISE and fmt == torch.channels_last_3d
-            and dtype in (torch.float32, torch.bfloat16) and per_group == 1
-            and groups == c_out == input_size[1] and c_out >= _DEPTHWISE_LANES
-            and not _widened(dtype) and _has_depthwise_kernel()):
-        return False
-    h_out, w_out = ((size + 2 * p - d * (k - 1) - 1) // s + 1 for size, k, s, p, d in zip(
-        input_size[3:], wshape[3:], stride[1:], padding[1:], dilation[1:]))
-    return h_out * w_out <= _DEPTHWISE_MAX_FRAME
-
-
-def _depthwise_weight(folded: torch.Tensor) -> torch.Tensor:
-    """The depthwise kernel's packed weight from the folded float64 (C, 1, kt, kh, kw) weight:
-    float32 (ceil(C / 16), kt, kh, kw, 16), group q holding channels 16 q .. 16 q + 15, except the
-    last group of a C that is not a multiple of 16, which holds the last 16 channels (the kernel
-    recomputes the overlap rather than masking; see csrc/cpu/conv3d_depthwise.cpp). One rounding,
-    to float32: the kernel multiplies in float32 for bfloat16 tensors too."""
-    c = folded.shape[0]
-    lanes = _DEPTHWISE_LANES
-    starts = [min(q * lanes, c - lanes) for q in range(-(-c // lanes))]
-    index = torch.tensor([s + i for s in starts for i in range(lanes)], device=folded.device)
-    w = folded[:, 0].index_select(0, index).reshape(len(starts), lanes, *folded.shape[2:])
-    return w.permute(0, 2, 3, 4, 1).float().contiguous()
-
-
 # G of F(4x4, 3x3) (Lavin & Gray 2016), exact in float64: U = G g G^T per 3x3 slice.
 _WINOGRAD_G = (
     (1 / 4, 0.0, 0.0),
@@ -660,7 +593,7 @@ def _winograd_weight(folded: torch.Tensor, tile: int = 4) -> torch.Tensor:
 
 
 def _pack(weight, scale, shift, cache_key):
-    # cache_key = (key, route): the route ("winograd" (F(4x4)), "winograd-7x7", "depthwise", "pointwise",
+    # cache_key = (key, route): the route ("winograd" (F(4x4)), "winograd-7x7", "pointwise",
     # "pointwise-f32" (the AVX2 1x1x1 kernel computing a bfloat16 convolution in float32),
     # "onednn", "onednn-2d" (a temporal convolution as a 2-D one, _use_temporal_2d) or
     # "onednn-f32" (oneDNN computing a bfloat16 convolution in float32)) is part of what the
@@ -680,8 +613,6 @@ def _pack(weight, scale, shift, cache_key):
             # the weight in the input's dtype, this kernel does not.
             return (_winograd_weight(w, 7 if route == "winograd-7x7" else 4),
                     shift.detach().float().contiguous())
-        if route == "depthwise":  # the packed float32 weight and a float32 shift
-            return _depthwise_weight(w), shift.detach().float().contiguous()
         if route in ("pointwise", "pointwise-f32"):  # the packed weight and a float32 shift
             return (_pointwise_weight(w, dtype, widened=route == "pointwise-f32"),
                     shift.detach().float().contiguous())
@@ -758,7 +689,6 @@ def _prepare(weight, scale, shift, stride, padding, dilation, groups, activation
     key = ((weight.dtype, weight.device, fmt, tuple(weight.shape)), tuple(stride), tuple(padding),
            tuple(dilation), groups, tuple(input_size))
     route = (("winograd-7x7" if _winograd_tile(key) == 7 else "winograd") if _use_winograd(key)
-             else "depthwise" if _use_depthwise(key)
              else _pointwise_route(weight.dtype) if _use_pointwise(key)
              else "onednn-f32" if _widened(weight.dtype) and not _is_small_gemm(key)
              else "onednn-2d" if _use_temporal_2d(key)
@@ -772,16 +702,6 @@ def _prepare(weight, scale, shift, stride, padding, dilation, groups, activation
 
     if route == "onednn" and _is_small_gemm(key):  # the cache holds a float32 matrix then
         return _prepare_small_gemm(packed, bias, activation, input_size, weight.dtype, final)
-
-    if route == "depthwise":
-        depthwise = torch.ops.videoconv._conv3d_depthwise_cpu.default
-
-        def conv_depthwise(x, residual):
-            if residual is not None:
-                residual = residual.contiguous(memory_format=torch.channels_last_3d)
-            return finish(depthwise(x, packed, bias, stride, padding, dilation, activation,
-                                    residual))
-        return conv_depthwise
 
     if route in ("pointwise", "pointwise-f32", "winograd", "winograd-7x7"):
         # videoconv's own kernels: the packed weight, a float32 shift and the one convolution
