@@ -11,7 +11,8 @@ once over the (D, H*W) view and once as the 3-D convolution, and times both in t
 (``time_interleaved``). Prints the medians and the ratio 3-D / 2-D (> 1: the view is faster).
 
 ``--whole`` times whole fused models (eval forward), with and without the route, and the eager
-model, in turns. The (2+1)D units choose their route on every call, so each timed call sets
+model, in turns, and prints the ratio as the median of the rounds' paired ratios with its 95%
+interval (``paired_speedup``). The (2+1)D units choose their route on every call, so each timed call sets
 ``TEMPORAL_2D`` first.
 
 ``--sum`` compares, on the route, the two ways a residual is added (``TEMPORAL_2D_SUM``): oneDNN's
@@ -30,7 +31,7 @@ from ab_common import (conv_key, eager_model_and_clip, patched, prepare_conv,
                        time_prepared)
 from videoconv.backends import cpu
 from videoconv.bench.layers import trace_layers
-from videoconv.bench.timing import time_interleaved
+from videoconv.bench.timing import paired_speedup, time_interleaved
 
 
 def _temporal_convs(layer):
@@ -77,31 +78,28 @@ def _whole(models, dtypes, min_run_time, compare_sum: bool) -> None:
     for model in models:
         for name in dtypes:
             eager, x = eager_model_and_clip(model, getattr(torch, name))
-            saved = {attr: getattr(cpu, attr) for _, attr, _ in variants}
 
             def run(fused, attr, value):
                 setattr(cpu, attr, value)
                 return fused(x)
 
             fns = {}
-            with torch.no_grad():
-                try:
-                    for label, attr, value in variants:
-                        fused = videoconv.fuse(eager)
-                        run(fused, attr, value)
-                        run(fused, attr, value)
-                        fns[label] = lambda f=fused, a=attr, v=value: run(f, a, v)
-                    fns["eager"] = lambda: eager(x)
-                    eager(x)
-                    t = time_interleaved(fns, min_run_time=min_run_time)
-                finally:
-                    for attr, value in saved.items():
-                        setattr(cpu, attr, value)
+            # every flag a variant sets is restored afterwards (ab_common.patched)
+            with torch.no_grad(), patched(cpu, **{attr: getattr(cpu, attr)
+                                                  for _, attr, _ in variants}):
+                for label, attr, value in variants:
+                    fused = videoconv.fuse(eager)
+                    run(fused, attr, value)
+                    run(fused, attr, value)
+                    fns[label] = lambda f=fused, a=attr, v=value: run(f, a, v)
+                fns["eager"] = lambda: eager(x)
+                eager(x)
+                t = time_interleaved(fns, min_run_time=min_run_time)
             (a, _, _), (b, _, _) = variants
+            mid, lo, hi = paired_speedup(t[b], t[a])
             line = ", ".join(f"{k} {v.median_ms:.1f} ms" for k, v in t.items())
-            print(f"{model} {name}: {line}; {b} / {a} "
-                  f"{t[b].median_ms / t[a].median_ms:.3f}", flush=True)
-
+            print(f"{model} {name}: {line}; {b} / {a} {mid:.3f} [{lo:.3f}-{hi:.3f}] (median of "
+                  f"the rounds' paired ratios, 95% interval)", flush=True)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
