@@ -12,8 +12,9 @@ once over the (D, H*W) view and once as the 3-D convolution, and times both in t
 
 ``--whole`` times whole fused models (eval forward), with and without the route, and the eager
 model, in turns, and prints the ratio as the median of the rounds' paired ratios with its 95%
-interval (``paired_speedup``). The (2+1)D units choose their route on every call, so each timed call sets
-``TEMPORAL_2D`` first.
+interval (``paired_speedup``). The (2+1)D units bind their routes when their call is prepared (on
+their first calls) and the sum flag is read on every call, so each call sets its variant's flag
+first.
 
 ``--sum`` compares, on the route, the two ways a residual is added (``TEMPORAL_2D_SUM``): oneDNN's
 sum post-op into a copy of the residual (``sum``) against the binary add post-op (``binary``), on

@@ -49,11 +49,25 @@ def _float64_chain(module: Conv3dBNAct, x, residual=None):
         module.activation](y)
 
 
-def _float64_unit(module: Conv2Plus1dBNAct, x):
-    """The unfused eval (2+1)D unit in float64 (spatial first, ReLU)."""
+def _float64_unit(module: Conv2Plus1dBNAct, x, residual=None):
+    """The unfused eval (2+1)D unit in float64: conv1 -> bn1 -> act -> conv2 -> bn2
+    (-> + residual) -> act, in the module's order (conv1 is the temporal conv when
+    ``temporal_first``)."""
     c1, b1 = copy.deepcopy(module.conv1).double(), copy.deepcopy(module.bn1).double().eval()
     c2, b2 = copy.deepcopy(module.conv2).double(), copy.deepcopy(module.bn2).double().eval()
-    return torch.relu(b2(c2(torch.relu(b1(c1(x.double()))))))
+    act = {"relu": torch.relu, "silu": nn.functional.silu, "identity": lambda t: t}[
+        module.activation]
+    y = b2(c2(act(b1(c1(x.double())))))
+    if residual is not None:
+        y = y + residual.double()
+    return act(y)
+
+
+def _unit_op_result(module: Conv2Plus1dBNAct, x, residual=None):
+    s1, t1, s2, t2 = module.folded()
+    return torch.ops.videoconv.conv2plus1d_bn_act.default(
+        x, module.conv1.weight, s1, t1, module.conv2.weight, s2, t2, list(module.stride),
+        list(module.padding), module.activation, module.temporal_first, residual)
 
 
 def _op_result(module: Conv3dBNAct, x, residual=None):
@@ -95,6 +109,110 @@ def test_direct_path_for_the_2plus1d_unit():
     assert m._direct.hits == 1
     assert torch.equal(direct, via_op)
     torch.testing.assert_close(direct.double(), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape,temporal_first,activation,with_residual", [
+    # channels, kernel, stride, padding, input (T, H, W)
+    ((6, 10, 8, 3, (1, 2, 2), 1, (5, 8, 8)), False, "relu", False),
+    ((8, 12, 8, 3, 1, 1, (4, 6, 7)), False, "silu", True),
+    ((5, 9, 7, (3, 3, 3), (2, 1, 1), (1, 1, 1), (6, 5, 5)), True, "identity", True),
+    ((4, 6, 6, (3, 1, 1), 1, (1, 0, 0), (3, 4, 4)), False, "relu", True),  # 1x1 spatial conv
+    # channels_last_3d: the Winograd kernel in the spatial stage (bfloat16 from 64 channels and
+    # 128 tiles), then oneDNN's temporal conv as a 2-D one; contiguous: oneDNN twice.
+    ((64, 64, 16, 3, 1, 1, (2, 28, 28)), False, "relu", True),
+])
+def test_prepared_unit_equals_the_op_and_float64(layout, dtype, shape, temporal_first,
+                                                 activation, with_residual):
+    """The (2+1)D unit's prepared call (CpuBackend.prepare_conv2plus1d_bn_act: both stages
+    packed once, the second prepared from the first call's intermediate) gives the op's exact
+    result, in the input's layout, on every later call, for each route of the first stage."""
+    c_in, c_mid, c_out, kernel, stride, padding, size = shape
+    m = _randomise(Conv2Plus1dBNAct(c_in, c_mid, c_out, kernel_size=kernel, stride=stride,
+                                    padding=padding, activation=activation,
+                                    temporal_first=temporal_first)).to(dtype)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, c_in, *size, generator=g).to(dtype).contiguous(memory_format=layout)
+    r = None
+    with torch.no_grad():
+        if with_residual:
+            out_shape = m(x).shape
+            r = torch.randn(out_shape, generator=g).to(dtype).contiguous(memory_format=layout)
+        m(x, r)
+        assert m.__dict__["_prepared"][1] is not None
+        hits = m._direct.hits
+        prepared = [m(x, r), m(x, r)]
+        via_op = _unit_op_result(m, x, r)
+    assert m._direct.hits == hits + 2
+    for y in prepared:
+        assert y.dtype == dtype and y.is_contiguous(memory_format=layout)
+        assert torch.equal(y, via_op)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(prepared[0].double(), _float64_unit(m, x, r), rtol=tol, atol=tol)
+
+
+def test_prepared_unit_follows_parameters_and_unit_arguments():
+    """What the unit's prepared call depends on is in its guard: in-place updates and ``.data =``
+    of either stage's parameters, either BatchNorm's eps, the unit's padding and activation, the
+    residual, and a forced backend. Each change is checked against float64."""
+    m = _unit_module()
+    x = torch.randn(1, 6, 5, 8, 8).contiguous(memory_format=CL)
+
+    def check(residual=None):
+        y = m(x, residual)
+        torch.testing.assert_close(y.double(), _float64_unit(m, x, residual), rtol=1e-4,
+                                   atol=1e-4)
+        return y
+
+    with torch.no_grad():
+        m(x)
+        before = check()
+        assert m._direct.hits == 1 and m.__dict__["_prepared"][1] is not None
+        m.bn2.running_mean.add_(0.5)  # in place: the version counter
+        after = check()
+        assert not torch.equal(before, after)
+        m.conv1.weight.data = torch.randn_like(m.conv1.weight)  # same Parameter, new storage
+        check()
+        m.conv2.weight.mul_(-1.0)
+        check()
+        m.bn1.eps = 0.5
+        check()
+        m.activation = "silu"
+        check()
+        # The temporal conv no longer pads: 3 output frames (the unit's own padding is what the
+        # op reads; the conv's is changed with it for the float64 chain).
+        m.padding, m.conv2.padding = (0, 1, 1), (0, 0, 0)
+        assert tuple(check().shape) == (1, 8, 3, 4, 4)
+        r = torch.randn(1, 8, 3, 4, 4)
+        check(r)
+        check(r.contiguous(memory_format=CL))
+        hits = m._direct.hits
+        with backends.use("reference"):
+            check()
+            check()
+    assert m._direct.hits == hits + 1  # the reference backend has no prepared call
+
+
+def test_prepared_unit_is_dropped_by_training_and_invalidation():
+    m = _unit_module()
+    x = torch.randn(2, 6, 5, 8, 8)
+    with torch.no_grad():
+        m(x)
+        m(x)
+        assert "_prepared" in m.__dict__
+        m.invalidate_fold_cache()
+        assert "_prepared" not in m.__dict__
+        m(x)
+        m.train()
+        m(x)  # batch statistics; updates the running statistics
+        assert "_prepared" not in m.__dict__
+        m.eval()
+        y = m(x)
+        assert "_prepared" in m.__dict__
+        y_prepared = m(x)
+    torch.testing.assert_close(y.double(), _float64_unit(m, x), rtol=1e-4, atol=1e-4)
+    assert torch.equal(y, y_prepared)
 
 
 def test_inference_mode_takes_the_direct_path():

@@ -183,6 +183,15 @@ class Backend:
         raise NotImplementedError(f"backend {cls.name!r} does not implement conv2plus1d_bn_act")
 
     @classmethod
+    def prepare_conv2plus1d_bn_act(cls, *, input, w1, scale1, shift1, w2, scale2, shift2, stride,
+                                   padding, activation, temporal_first,
+                                   residual) -> Optional[Callable]:
+        """Optional: as :meth:`prepare_conv3d_bn_act`, for :meth:`conv2plus1d_bn_act`: a call
+        ``(input, residual) -> output`` equal to it for later inputs with the same signature and
+        the same weights, scales and shifts. ``None``: no cheaper call."""
+        return None
+
+    @classmethod
     def conv3d_bn_stats(cls, *, input, weight, stride, padding, dilation, groups):
         """``(out, mean, var)``: the convolution in the input's layout and the float64 mean and
         biased variance of ``out`` per channel (see videoconv/ops/conv3d_bn_stats.py for the

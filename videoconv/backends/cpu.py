@@ -896,3 +896,35 @@ class CpuBackend(Backend):
         h = _conv(input, w1, scale1, shift1, s1, p1, ones, 1, activation, None, out_format=False)
         return _conv(h, w2, scale2, shift2, s2, p2, ones, 1, activation, residual,
                      out_format=output_memory_format(input))
+
+    @classmethod
+    def prepare_conv2plus1d_bn_act(cls, *, input, w1, scale1, shift1, w2, scale2, shift2, stride,
+                                   padding, activation, temporal_first, residual):
+        from .reference import split_2plus1d
+
+        fmt = output_memory_format(input)
+        if not input.is_contiguous(memory_format=fmt):
+            return None  # every call would copy the input first: nothing to save
+        s1, p1, s2, p2 = split_2plus1d(stride, padding, temporal_first)
+        ones = (1, 1, 1)
+        first = _prepare(w1, scale1, shift1, s1, p1, ones, 1, activation, fmt, tuple(input.shape),
+                         out_format=False)
+        # The second stage is prepared on the first call, from the intermediate itself: its
+        # layout is whatever the first stage's route produces (oneDNN follows its input, the
+        # Winograd and 1x1x1 kernels write channels_last_3d), the same for every input of this
+        # signature, and conv2plus1d_bn_act above reads it the same way. One list, replaced
+        # whole, so that threads sharing the call never see half of it.
+        second: List[Any] = []
+
+        def run(x, residual):
+            h = first(x, None)
+            stage = second[0] if second else None
+            if stage is None:
+                h_fmt = output_memory_format(h)
+                stage = (h_fmt, h.is_contiguous(memory_format=h_fmt),
+                         _prepare(w2, scale2, shift2, s2, p2, ones, 1, activation, h_fmt,
+                                  tuple(h.shape), out_format=fmt))
+                second[:] = [stage]
+            h_fmt, in_layout, call = stage
+            return call(h if in_layout else h.contiguous(memory_format=h_fmt), residual)
+        return run

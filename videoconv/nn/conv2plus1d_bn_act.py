@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Sequence, Tuple, Union
 
+import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .. import ops
+from .. import backends, ops
+from ..ops._direct import dispatcher_unobservable, tensor_signature
 from ..ops.conv2plus1d_bn_act import call_from_module as call_conv2plus1d_bn_act
-from ._common import FusedModuleBase, _bn_eps, _fold_sources_of, activation_name
+from ..ops.conv2plus1d_bn_act import prepare_from_module as prepare_conv2plus1d_bn_act
+from ._common import (FusedModuleBase, _bn_eps, _fold_sources_of, _key_referents,
+                      _sources_key, activation_name)
 from .conv3d_bn_act import check_bn_for_fusion, check_conv3d_for_fusion
 from .folding import fold_conv_bn
 
@@ -184,12 +188,54 @@ class Conv2Plus1dBNAct(FusedModuleBase):
             self._forget_fold()
             h = self._stage(x, conv1, bn1, None, "conv1")
             return self._stage(h, conv2, bn2, residual, "conv2")
-        scale1, shift1, scale2, shift2 = self.folded()
+        if self.backend is None:  # the common case, without a context manager per call
+            return self._eval_forward(x, residual, conv1, bn1, conv2, bn2)
         with self._backend_context():
-            return call_conv2plus1d_bn_act(
-                self._direct_plan(), x, conv1.weight, scale1, shift1, conv2.weight, scale2,
-                shift2, self.stride, self.padding, self.activation, self.temporal_first,
-                residual)
+            return self._eval_forward(x, residual, conv1, bn1, conv2, bn2)
+
+    def _eval_forward(self, x: Tensor, residual: Optional[Tensor], conv1: nn.Conv3d,
+                      bn1: Optional[nn.BatchNorm3d], conv2: nn.Conv3d,
+                      bn2: Optional[nn.BatchNorm3d]) -> Tensor:
+        # As Conv3dBNAct._eval_forward: under no_grad/inference_mode, when nothing observes the
+        # dispatcher, the backend's call prepared for this input signature and these parameter
+        # versions runs directly (both stages' packed weights looked up once, not per call);
+        # its guard is checked on every call.
+        guard = None
+        if not torch.is_grad_enabled():
+            sources = _fold_sources_of(conv1, bn1) + _fold_sources_of(conv2, bn2)
+            weight2 = sources[2 if bn1 is None else 7]
+            if dispatcher_unobservable(x, residual, sources[0], weight2):
+                guard = self._prepared_guard(x, residual, sources)
+                prepared = self.__dict__.get("_prepared")
+                if guard is not None and prepared is not None and prepared[0] == guard:
+                    if prepared[1] is not None:
+                        self._direct_plan().hits += 1
+                        return prepared[1](x, residual)
+                    guard = None  # this backend has no prepared call: the direct path below
+        scale1, shift1, scale2, shift2 = self.folded()
+        out = call_conv2plus1d_bn_act(
+            self._direct_plan(), x, conv1.weight, scale1, shift1, conv2.weight, scale2, shift2,
+            self.stride, self.padding, self.activation, self.temporal_first, residual)
+        if guard is not None and x.shape[0] > 0:
+            # with what the guard's identities refer to, kept alive (_key_referents)
+            self.__dict__["_prepared"] = (guard, prepare_conv2plus1d_bn_act(
+                x, conv1.weight, scale1, shift1, conv2.weight, scale2, shift2, self.stride,
+                self.padding, self.activation, self.temporal_first, residual),
+                _key_referents(sources))
+        return out
+
+    def _prepared_guard(self, x: Tensor, residual: Optional[Tensor],
+                        sources: Tuple[Optional[Tensor], ...]):
+        """What a prepared call depends on (as Conv3dBNAct._prepared_guard): the input
+        signature, the backend choice, every parameter both folds and packed weights come from,
+        the unit's stride, padding, activation and order, and both BatchNorms' eps. None when a
+        parameter has no version counter (inference tensors)."""
+        key, versioned = _sources_key(sources)
+        if not versioned:
+            return None
+        return (tensor_signature(x), tensor_signature(residual), backends.forced_backend(),
+                tuple(backends.PRIORITY), key, tuple(self.stride), tuple(self.padding),
+                self.activation, self.temporal_first) + self._fold_constants()
 
     def _stage(self, x: Tensor, conv: nn.Conv3d, bn: Optional[nn.BatchNorm3d],
                residual: Optional[Tensor], role: str) -> Tensor:

@@ -17,13 +17,15 @@ pass; the result is the same tensor, computed by the same code. Any change of si
 (another input size, layout, dtype, a forced backend) takes the full path again, which also
 raises the usual errors for bad input.
 
-A prepared call, one level further (``Conv3dBNAct`` under ``no_grad``/``inference_mode``). The
-direct call still pays ~30 µs per call: folding and pack-cache lookups, building the argument
-dict and the signature, the backend's own argument handling. A backend may therefore offer
-``prepare_conv3d_bn_act`` (the ``cpu`` backend does): a closure with the packed weight, the
-bias and the oneDNN arguments bound once. The module keeps it with a guard made of the input
-signature, the forced backend, the registered backends, the conv arguments, BatchNorm's eps and
-the fold cache's key of every parameter it comes from (identity, storage and version of the conv
+A prepared call, one level further (``Conv3dBNAct`` and ``Conv2Plus1dBNAct`` under
+``no_grad``/``inference_mode``). The direct call still pays ~30 µs per call (a (2+1)D unit
+~40 µs more than two prepared ``Conv3dBNAct`` calls): folding and pack-cache lookups, building
+the argument dict and the signature, the backend's own argument handling. A backend may therefore
+offer ``prepare_conv3d_bn_act`` and ``prepare_conv2plus1d_bn_act`` (the ``cpu`` backend does): a
+closure with the packed weights, the biases and the oneDNN arguments bound once. The module keeps
+it with a guard made of the input signature, the forced backend, the registered backends, the
+conv (or unit) arguments, BatchNorm's eps and the fold cache's key of every parameter it comes
+from (identity, storage and version of the conv
 weight and bias and the BatchNorm parameters and statistics; those tensors and storages are kept
 alive with it, so that no recycled id or address can match), and calls it while the guard
 holds; any change (an optimiser step, ``load_state_dict``, ``.to()``, ``.data =``, a new eps,

@@ -135,6 +135,22 @@ def call_from_module(plan: Optional[DirectPlan], input, w1, scale1, shift1, w2, 
         bool(temporal_first), residual)
 
 
+def prepare_from_module(input, w1, scale1, shift1, w2, scale2, shift2, stride, padding,
+                        activation, temporal_first, residual):
+    """The backend's prepared call (``Backend.prepare_conv2plus1d_bn_act``) for these arguments,
+    which already ran once through :func:`call_from_module` (so they are valid), or None. Only
+    when that call went around the dispatcher too (all tensors plain, nothing observing)."""
+    if not dispatcher_unobservable(input, w1, scale1, shift1, w2, scale2, shift2, residual):
+        return None
+    inputs = dict(
+        input=input, w1=w1, scale1=scale1, shift1=shift1, w2=w2, scale2=scale2, shift2=shift2,
+        stride=tuple(stride), padding=tuple(padding), activation=activation,
+        temporal_first=bool(temporal_first), residual=residual,
+    )
+    backend = backends.select_backend("conv2plus1d_bn_act", **inputs)
+    return backend.prepare_conv2plus1d_bn_act(**inputs)
+
+
 @torch.library.register_fake(_OP)
 def _conv2plus1d_bn_act_fake(input, w1, scale1, shift1, w2, scale2, shift2, stride, padding,
                              activation, temporal_first, residual):
