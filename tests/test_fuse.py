@@ -347,6 +347,77 @@ def test_squeeze_excitation_with_a_hooked_module_is_not_rewritten():
         assert_close_rel(fused(x), model(x), 1e-4)
 
 
+def _two_chains(seed=7):
+    torch.manual_seed(seed)
+    return randomise_batch_norm(nn.Sequential(
+        nn.Conv3d(3, 8, 3, padding=1), nn.BatchNorm3d(8), nn.ReLU(),
+        nn.Conv3d(8, 6, 3, padding=1), nn.BatchNorm3d(6), nn.ReLU()).eval(), seed)
+
+
+def _float64_two_chains(model, weight0, x):
+    """``model`` (``_two_chains``) in float64 with ``weight0`` as its first conv's weight."""
+    def chain(t, conv, bn, weight):
+        t = nn.functional.conv3d(t, weight.double(), conv.bias.double(), padding=1)
+        t = nn.functional.batch_norm(t, bn.running_mean.double(), bn.running_var.double(),
+                                     bn.weight.double(), bn.bias.double(), False, 0.0, bn.eps)
+        return torch.relu(t)
+    return chain(chain(x.double(), model[0], model[1], weight0), model[3], model[4],
+                 model[3].weight)
+
+
+@pytest.mark.parametrize("method", ["prune", "weight_norm"])
+def test_models_with_computed_weights_are_copied_and_fused_around(method):
+    """``torch.nn.utils.prune`` and the older ``weight_norm`` keep ``conv.weight`` as a tensor
+    computed by autograd, which ``copy.deepcopy`` refuses: ``fuse`` and ``fuse_report`` failed
+    with torch's error. The copy now takes a detached clone of it; the hooked conv is left
+    alone with a reason that says how to fuse it, the rest is fused, the outputs equal float64,
+    the original is unchanged, and the copy's hook still computes its weight in training."""
+    import warnings
+
+    from torch.nn.utils import prune
+
+    model = _two_chains()
+    conv = model[0]
+    if method == "prune":
+        prune.l1_unstructured(conv, "weight", amount=0.4)
+        def weight(c):
+            return c.weight_orig * c.weight_mask
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # deprecated in favour of parametrizations
+            nn.utils.weight_norm(conv)
+        def weight(c):
+            norm = c.weight_v.pow(2).sum(dim=(1, 2, 3, 4), keepdim=True).sqrt()
+            return c.weight_g * c.weight_v / norm
+    original = dict(conv.named_parameters())
+    x = torch.randn(1, 3, 4, 8, 8)
+    fused = videoconv.fuse(model)
+    with torch.no_grad():
+        got = fused(x)
+        expected = _float64_two_chains(model, weight(conv).detach(), x)
+    assert_close_rel(got.double(), expected, 1e-5)
+    assert isinstance(fused[3], FusedModuleBase) and not isinstance(fused[0], FusedModuleBase)
+    assert dict(conv.named_parameters()) == original and conv._forward_pre_hooks
+    reasons = {e.path: e.reason for e in videoconv.fuse_report(model).left}
+    fix = "prune.remove(module, 'weight')" if method == "prune" else "remove_weight_norm(module"
+    assert set(reasons) == {"0", "1"} and fix in reasons["0"]
+    # The copy's own hook recomputes its weight from its own parameters, with gradients.
+    copied = fused[0]
+    assert all(p is not original[n] for n, p in copied.named_parameters())
+    fused.train()
+    fused(x).sum().backward()
+    grads = [p.grad for p in copied.parameters()]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+    if method == "prune":
+        assert torch.equal(copied.weight == 0, copied.weight_mask == 0)
+    # Made permanent, the conv is fused.
+    if method == "prune":
+        prune.remove(conv, "weight")
+    else:
+        nn.utils.remove_weight_norm(conv)
+    assert not videoconv.fuse_report(model).left
+
+
 def test_a_model_that_is_one_chain_reports_nothing_left():
     report = videoconv.fuse_report(_conv_bn_relu())
     assert [e.path for e in report.fused] == [""] and not report.left

@@ -52,7 +52,7 @@ from __future__ import annotations
 import copy
 import operator
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.fx as fx
@@ -847,7 +847,24 @@ def _run(model: nn.Module, backend: Optional[str], inplace: bool):
     # on the 2-core Zen 5: 84 against 24 ms a forward). Outside it, the copies are ordinary
     # tensors whatever the originals were, and the model runs under inference_mode as fast.
     with torch.inference_mode(False):
-        return _fuse_root(copy.deepcopy(model), backend)
+        return _fuse_root(_copy_model(model), backend)
+
+
+def _copy_model(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)``, also for models holding computed tensors as plain attributes.
+
+    ``torch.nn.utils.prune`` and the older ``torch.nn.utils.weight_norm`` keep a module's
+    ``weight`` as a tensor computed from its parameters (``weight_orig * weight_mask``), which
+    autograd made and which a forward pre-hook recomputes on every call. Tensor's deepcopy
+    refuses such non-leaf tensors, so the copy of a pruned model failed with torch's error. The
+    copy gets a detached clone of each instead: the same values, and its own pre-hook recomputes
+    it (with its graph) at its first forward."""
+    memo: Dict[int, Any] = {}
+    for module in model.modules():
+        for value in vars(module).values():
+            if isinstance(value, torch.Tensor) and not value.is_leaf and id(value) not in memo:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo)
 
 
 def _fuse_root(root: nn.Module, backend: Optional[str]):

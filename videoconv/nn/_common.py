@@ -30,7 +30,22 @@ def hooks_reason(module: nn.Module) -> Optional[str]:
         ("backward pre-hooks", getattr(module, "_backward_pre_hooks", None))) if hooks]
     if not kinds:
         return None
-    return f"has {' and '.join(kinds)}, which a fused module would not run"
+    reason = f"has {' and '.join(kinds)}, which a fused module would not run"
+    # The two common hooks that compute a weight say how to fuse the module anyway: a fused
+    # module cannot run them (the weight would be stale), but both can be made permanent.
+    from torch.nn.utils import prune
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, prune.BasePruningMethod):
+            return (f"{reason} (torch.nn.utils.prune on {hook._tensor_name!r}: "
+                    f"torch.nn.utils.prune.remove(module, {hook._tensor_name!r}) makes the pruning "
+                    "permanent, and the module can then be fused)")
+        if isinstance(hook, WeightNorm):
+            return (f"{reason} (torch.nn.utils.weight_norm on {hook.name!r}: "
+                    f"torch.nn.utils.remove_weight_norm(module, {hook.name!r}) makes the weight a "
+                    "parameter again, and the module can then be fused)")
+    return reason
 
 
 def activation_name(act, what: str = "activation") -> str:
