@@ -3,7 +3,7 @@
 The extension is optional: the package imports and runs without it (the reference and Triton
 backends are pure Python). It is built
 
-* for the CPU from csrc/ops.cpp and csrc/cpu/*.cpp, always, and
+* for the CPU from csrc/*.cpp and csrc/cpu/*.cpp, always, and
 * with csrc/cuda/*.cu added only where the installed torch has CUDA (``torch.version.cuda``) and
   a CUDA toolkit is found. On a CPU-only torch the .cu files are still compiled by the tests with
   ``nvcc -c`` (see tests/test_cuda_sources.py), never linked.
@@ -45,7 +45,7 @@ def _extensions():
     def rel(pattern):
         return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
 
-    sources = rel("csrc/ops.cpp") + rel("csrc/cpu/*.cpp")
+    sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
     cuda_sources = rel("csrc/cuda/*.cu")
     with_cuda = (
         torch.version.cuda is not None

@@ -13,11 +13,18 @@
 
 #include <string>
 
-// The extension is imported from Python (`from videoconv import _C`) only for the side effect
-// of running the TORCH_LIBRARY static initialisers below; it exposes no Python functions.
+namespace videoconv {
+extern PyMethodDef parameter_stamp_methods[];  // csrc/parameter_stamp.cpp
+}
+
+// The extension is imported from Python (`from videoconv import _C`) for the side effect of
+// running the TORCH_LIBRARY static initialisers below; its only Python functions are the fused
+// modules' parameter stamp (csrc/parameter_stamp.cpp), which a torch.ops call's ~5 µs of
+// dispatch would defeat.
 extern "C" {
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1,
+                                          videoconv::parameter_stamp_methods};
   return PyModule_Create(&module_def);
 }
 }

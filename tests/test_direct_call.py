@@ -31,6 +31,28 @@ def _randomise(module: nn.Module, seed: int = 0) -> nn.Module:
     return module.eval()
 
 
+@pytest.fixture(params=["stamp", "python"])
+def guard_check(request, monkeypatch):
+    """Runs a test with each way the fast path sees unchanged parameters: the C stamp
+    (csrc/parameter_stamp.cpp, the default with the extension) and the Python key it stands in
+    for (``_sources_key``, without the extension)."""
+    from videoconv.nn import _common
+    from videoconv.nn import conv2plus1d_bn_act as unit_module
+    from videoconv.nn import conv3d_bn_act as conv_module
+
+    if request.param == "python":
+        for module in (conv_module, unit_module):
+            monkeypatch.setattr(module, "parameter_stamp", lambda specs: None)
+    elif _common._make_stamp is None:
+        pytest.skip("the videoconv._C extension is not loaded")
+    return request.param
+
+
+def _uses(m, guard_check):
+    """Whether ``m``'s prepared call is guarded the way ``guard_check`` says."""
+    return (m.__dict__["_prepared"][3] is not None) == (guard_check == "stamp")
+
+
 def _conv_module(activation="relu", groups=1):
     return _randomise(Conv3dBNAct(8, 8, 3, padding=1, groups=groups, activation=activation))
 
@@ -152,7 +174,7 @@ def test_prepared_unit_equals_the_op_and_float64(layout, dtype, shape, temporal_
     torch.testing.assert_close(prepared[0].double(), _float64_unit(m, x, r), rtol=tol, atol=tol)
 
 
-def test_prepared_unit_follows_parameters_and_unit_arguments():
+def test_prepared_unit_follows_parameters_and_unit_arguments(guard_check):
     """What the unit's prepared call depends on is in its guard: in-place updates and ``.data =``
     of either stage's parameters, either BatchNorm's eps, the unit's padding and activation, the
     residual, and a forced backend. Each change is checked against float64."""
@@ -169,6 +191,7 @@ def test_prepared_unit_follows_parameters_and_unit_arguments():
         m(x)
         before = check()
         assert m._direct.hits == 1 and m.__dict__["_prepared"][1] is not None
+        assert _uses(m, guard_check)
         m.bn2.running_mean.add_(0.5)  # in place: the version counter
         after = check()
         assert not torch.equal(before, after)
@@ -180,9 +203,8 @@ def test_prepared_unit_follows_parameters_and_unit_arguments():
         check()
         m.activation = "silu"
         check()
-        # The temporal conv no longer pads: 3 output frames (the unit's own padding is what the
-        # op reads; the conv's is changed with it for the float64 chain).
-        m.padding, m.conv2.padding = (0, 1, 1), (0, 0, 0)
+        m.conv2.padding = (0, 0, 0)  # the temporal conv no longer pads: 3 output frames
+        assert m.padding == (0, 1, 1)
         assert tuple(check().shape) == (1, 8, 3, 4, 4)
         r = torch.randn(1, 8, 3, 4, 4)
         check(r)
@@ -194,7 +216,7 @@ def test_prepared_unit_follows_parameters_and_unit_arguments():
     assert m._direct.hits == hits + 1  # the reference backend has no prepared call
 
 
-def test_prepared_unit_is_dropped_by_training_and_invalidation():
+def test_prepared_unit_is_dropped_by_training_and_invalidation(guard_check):
     m = _unit_module()
     x = torch.randn(2, 6, 5, 8, 8)
     with torch.no_grad():
@@ -375,7 +397,7 @@ def test_forced_backend_changes_the_choice(monkeypatch):
     assert calls == ["reference", "reference"] and forced._direct.hits == 1
 
 
-def test_parameter_updates_are_seen():
+def test_parameter_updates_are_seen(guard_check):
     # The plan caches only the backend choice; folded parameters are re-read on every call.
     m = _conv_module()
     x = torch.randn(1, 8, 3, 5, 5)
@@ -432,13 +454,13 @@ def test_threads_with_different_forced_backends_keep_their_own(monkeypatch):
     assert seen == {"forced=True": {"reference"}, "forced=False": {"cpu"}}
 
 
-def test_prepared_call_follows_replaced_parameters_and_conv_arguments():
+def test_prepared_call_follows_replaced_parameters_and_conv_arguments(guard_check):
     m = _conv_module()
     x = torch.randn(1, 8, 3, 6, 6).contiguous(memory_format=CL)
     with torch.no_grad():
         m(x)
         m(x)
-        assert "_prepared" in m.__dict__ and m._direct.hits == 1
+        assert "_prepared" in m.__dict__ and m._direct.hits == 1 and _uses(m, guard_check)
         # `.data =` keeps the Parameter object and its version: the storage changes.
         m.conv.weight.data = torch.randn_like(m.conv.weight)
         m.bn.running_var.data = torch.rand_like(m.bn.running_var) + 0.5
@@ -457,7 +479,7 @@ def test_prepared_call_follows_replaced_parameters_and_conv_arguments():
         torch.testing.assert_close(y.double(), _float64_chain(m, x, r), rtol=1e-4, atol=1e-4)
 
 
-def test_prepared_call_is_dropped_by_training_and_invalidation():
+def test_prepared_call_is_dropped_by_training_and_invalidation(guard_check):
     m = _conv_module()
     x = torch.randn(2, 8, 3, 5, 5)
     with torch.no_grad():
@@ -545,6 +567,98 @@ def test_parametrized_weight_is_read_through_getattr():
     assert not torch.allclose(first, second)
 
 
+def _copy_buffers_dict(conv, bn):
+    bn._buffers = dict(bn._buffers)
+
+
+def _move_a_buffer(conv, bn):
+    mean = bn._buffers.pop("running_mean")
+    bn.register_parameter("running_mean", nn.Parameter(mean, requires_grad=False))
+
+
+_PARAMETER_CHANGES = {
+    "nothing": lambda conv, bn: None,
+    "requires_grad off": lambda conv, bn: conv.weight.requires_grad_(False),  # not in the key
+    "conv weight in place": lambda conv, bn: conv.weight.mul_(2),
+    "conv bias in place": lambda conv, bn: conv.bias.add_(1),
+    "bn weight in place": lambda conv, bn: bn.weight.add_(1),
+    "running_var in place": lambda conv, bn: bn.running_var.mul_(2),
+    "num_batches_tracked": lambda conv, bn: bn.num_batches_tracked.add_(1),
+    "weight .data": lambda conv, bn: setattr(conv.weight, "data", torch.randn_like(conv.weight)),
+    "new bias parameter": lambda conv, bn: setattr(conv, "bias", nn.Parameter(conv.bias + 0)),
+    "bias removed": lambda conv, bn: setattr(conv, "bias", None),
+    "running_mean replaced": lambda conv, bn: setattr(bn, "running_mean",
+                                                      torch.zeros_like(bn.running_mean)),
+    "dtype round trip": lambda conv, bn: conv.to(torch.bfloat16).float(),
+    "buffers dict copied": _copy_buffers_dict,  # the same tensors in a new dict: no change
+    "buffer made a parameter": _move_a_buffer,  # a new Parameter object
+}
+
+
+@pytest.mark.parametrize("change", list(_PARAMETER_CHANGES))
+def test_parameter_stamp_holds_only_while_the_key_is_unchanged(change):
+    """The C stamp stands in for the Python key (``_sources_key`` of ``_fold_sources_of``): it
+    must fail on every change the key sees, and hold when nothing the key reads changed."""
+    from videoconv.nn._common import (_fold_sources_of, _fold_specs_of, _key_referents,
+                                      _sources_key, parameter_stamp, stamp_holds)
+
+    conv, bn = nn.Conv3d(4, 6, 3), nn.BatchNorm3d(6)
+    stamp = parameter_stamp(_fold_specs_of(conv, bn))
+    if stamp is None:
+        pytest.skip("the videoconv._C extension is not loaded")
+    sources = _fold_sources_of(conv, bn)
+    key, kept = _sources_key(sources)[0], _key_referents(sources)  # kept alive, as modules do
+    assert stamp_holds(stamp, (conv, bn))
+    with torch.no_grad():
+        _PARAMETER_CHANGES[change](conv, bn)
+    same_key = _sources_key(_fold_sources_of(conv, bn))[0] == key
+    holds = stamp_holds(stamp, (conv, bn))
+    unchanged = ("nothing", "requires_grad off", "buffers dict copied")
+    assert holds == same_key == (change in unchanged)
+    # Other modules in the roles never match.
+    assert not stamp_holds(stamp, (nn.Conv3d(4, 6, 3), bn)) and not stamp_holds(stamp, (conv,))
+    del kept
+
+
+def test_parameter_stamp_is_none_where_the_python_check_must_run():
+    """No stamp for a weight computed on access (a parametrization: a new tensor each time) or
+    for inference tensors (no version counter); a BatchNorm-less chain gets one."""
+    from torch.nn.utils import parametrize
+
+    from videoconv.nn._common import _fold_specs_of, parameter_stamp, stamp_holds
+
+    conv = nn.Conv3d(4, 6, 3)
+    stamp = parameter_stamp(_fold_specs_of(conv, None))
+    if stamp is None:
+        pytest.skip("the videoconv._C extension is not loaded")
+    assert stamp_holds(stamp, (conv, None)) and not stamp_holds(stamp, (conv, nn.BatchNorm3d(6)))
+    parametrize.register_parametrization(conv, "weight", _Scaled())
+    assert parameter_stamp(_fold_specs_of(conv, None)) is None
+    with torch.inference_mode():
+        frozen = nn.Conv3d(4, 6, 3)
+    assert parameter_stamp(_fold_specs_of(frozen, None)) is None
+
+
+def test_a_prepared_module_in_a_reference_cycle_is_collected():
+    """The stamp sits in the fused module's __dict__ inside a capsule, which the cycle collector
+    does not see; it refers to modules and tensors only weakly, so a cycle through them (here a
+    hook on the conv that refers back to the fused module) is still collected."""
+    import gc
+    import weakref
+
+    m = _conv_module()
+    x = torch.randn(1, 8, 3, 5, 5)
+    with torch.no_grad():
+        m(x)
+        m(x)
+    assert "_prepared" in m.__dict__
+    m.conv.register_forward_hook(lambda mod, args, out, owner=m: None)  # conv -> m
+    ref = weakref.ref(m)
+    del m
+    gc.collect()
+    assert ref() is None
+
+
 def test_caches_keep_the_tensors_of_their_keys_alive():
     """The fold cache's and the prepared call's keys hold tensor identities (id, data_ptr),
     which are unique only among live tensors. Both caches must keep those very tensors alive:
@@ -570,12 +684,12 @@ def test_caches_keep_the_tensors_of_their_keys_alive():
     assert all(r is None or r[1].data_ptr() == r[0].untyped_storage().data_ptr() for r in kept)
     prepared = m.__dict__.get("_prepared")
     if prepared is not None:  # a backend with a prepared call (cpu)
-        guard, _, kept = prepared
+        guard, _, kept = prepared[:3]
         assert _sources_key(tensors(kept))[0] == guard[4]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_dtype_round_trip_is_seen(dtype):
+def test_dtype_round_trip_is_seen(dtype, guard_check):
     """``module.to(dtype).float()`` keeps each Parameter object and its version and swaps its
     storage through ``.data``; the last storage can be allocated where the first one was. The
     caches must still see new weights (rounded to ``dtype`` and back): before, the old fold and
@@ -598,7 +712,7 @@ def test_dtype_round_trip_is_seen(dtype):
     torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_changed_batch_norm_eps_is_seen():
+def test_changed_batch_norm_eps_is_seen(guard_check):
     """``bn.eps`` is a float, not a tensor: it is part of the fold cache's and the prepared
     call's keys (before, a changed eps kept the old fold: off by ~27 here). Both modules."""
     conv3d = _conv_module()
@@ -617,7 +731,7 @@ def test_changed_batch_norm_eps_is_seen():
         torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_parametrized_weight_changed_again_and_again():
+def test_parametrized_weight_changed_again_and_again(guard_check):
     """Many changes of a parametrization in a row, each checked against float64 (each computed
     weight is freed after its call; the next may be allocated where it was)."""
     from torch.nn.utils import parametrize

@@ -337,3 +337,36 @@ def test_conv2plus1d_constructor_and_errors():
         Conv2Plus1dBNAct.from_modules(nn.Conv3d(4, 6, 3), b1, a1, c2, b2, a2)
     with pytest.raises(ValueError, match="in_channels"):
         Conv2Plus1dBNAct.from_modules(c1, b1, a1, nn.Conv3d(5, 8, (3, 1, 1)), b2, a2)
+
+
+def test_conv2plus1d_follows_its_convs_arguments_in_eval_and_train():
+    """The unit's stride, padding and order are read from its convs. They were copies made at
+    construction: a conv's padding changed afterwards was used in training (each stage runs its
+    conv's own arguments) but not in eval (the op got the copies), a wrong answer there. Both
+    modes now equal the chain in float64, and convs that no longer form a unit raise."""
+    mods = _unit()
+    fused = Conv2Plus1dBNAct.from_modules(*mods)
+    c1, c2 = fused.conv1, fused.conv2
+    c1.padding, c2.padding, c2.stride = (0, 0, 0), (0, 0, 0), (1, 1, 1)
+    assert (fused.stride, fused.padding) == ((1, 2, 2), (0, 0, 0))
+    x = torch.randn(2, 4, 6, 9, 9)
+    chain = [copy.deepcopy(m).double().eval() for m in mods]
+    with torch.no_grad():
+        expected = _run_unit(chain, x.double())
+        assert expected.shape == (2, 8, 4, 4, 4)
+        for mode in ("eval", "eval again", "train"):  # "eval again": the prepared call
+            fused.train(mode == "train")
+            for m in (fused.bn1, fused.bn2):
+                m.momentum = 0.0  # running statistics kept, so that eval compares equal after
+            got = fused(x)
+            if mode == "train":  # batch statistics
+                for m in chain:
+                    m.train()
+                expected = _run_unit(chain, x.double())
+            torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(AttributeError):
+        fused.padding = (1, 1, 1)  # read from the convs; change them instead
+    c1.padding = (1, 1, 1)  # a spatial conv with temporal padding: no longer a (2+1)D unit
+    fused.eval()
+    with pytest.raises(ValueError, match=r"\(2\+1\)D unit needs"):
+        fused(x)

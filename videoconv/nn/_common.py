@@ -108,7 +108,44 @@ def _fold_sources_of(conv: nn.Module, bn: Optional[nn.Module]) -> Tuple[Optional
     return (weight, bias) + tuple(module_tensor(bn, name) for name in _BN_SOURCES)
 
 
+_CONV_SOURCES = ("weight", "bias")
 _BN_SOURCES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def _fold_specs_of(conv: nn.Module, bn: Optional[nn.Module]) -> tuple:
+    """The (module, names) pairs of :func:`_fold_sources_of`'s tensors, for :func:`parameter_stamp`
+    (``bn`` None: no names)."""
+    return ((conv, _CONV_SOURCES), (bn, _BN_SOURCES))
+
+
+def _load_stamp():
+    from .._extension import extension_loaded
+
+    if not extension_loaded():
+        return None, None
+    from .. import _C
+
+    return getattr(_C, "parameter_stamp", None), getattr(_C, "parameter_stamp_holds", None)
+
+
+_make_stamp, _stamp_holds = _load_stamp()
+
+
+def parameter_stamp(specs: tuple) -> Optional[object]:
+    """The stamp of the fold sources named by ``specs`` (:func:`_fold_specs_of` pairs), checked by
+    :func:`stamp_holds` in one C call (csrc/parameter_stamp.cpp: ~0.5 µs against ~3-5 µs for
+    :func:`_fold_sources_of` + :func:`_sources_key` in Python, on every eval call of every fused
+    module). None without the extension, or when a source is computed on access (a
+    parametrized weight) or is an inference tensor: the Python check then runs."""
+    return None if _make_stamp is None else _make_stamp(specs)
+
+
+def stamp_holds(stamp: object, modules: tuple) -> bool:
+    """Whether every tensor ``stamp`` recorded is still its module's, unchanged (the same object
+    found in the same dict, storage address, version, dtype and device), with ``modules`` the specs'
+    modules as the fused module resolves them now: when :func:`_sources_key` of
+    :func:`_fold_sources_of` would give the key it gave when the stamp was made."""
+    return _stamp_holds(stamp, modules)
 
 
 class _Container(nn.Module):

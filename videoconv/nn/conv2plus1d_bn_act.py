@@ -12,8 +12,9 @@ from .. import backends, ops
 from ..ops._direct import dispatcher_unobservable, tensor_signature
 from ..ops.conv2plus1d_bn_act import call_from_module as call_conv2plus1d_bn_act
 from ..ops.conv2plus1d_bn_act import prepare_from_module as prepare_conv2plus1d_bn_act
-from ._common import (FusedModuleBase, _bn_eps, _fold_sources_of, _key_referents,
-                      _sources_key, activation_name)
+from ._common import (FusedModuleBase, _bn_eps, _fold_sources_of, _fold_specs_of,
+                      _key_referents, _sources_key, activation_name, parameter_stamp,
+                      stamp_holds)
 from .conv3d_bn_act import check_bn_for_fusion, check_conv3d_for_fusion
 from .folding import fold_conv_bn
 
@@ -129,13 +130,10 @@ class Conv2Plus1dBNAct(FusedModuleBase):
         self._setup(conv1, bn1, conv2, bn2, activation_name(activation), None)
 
     def _setup(self, conv1, bn1, conv2, bn2, activation, names) -> None:
-        temporal_first, stride, padding = split_2plus1d_convs(conv1, conv2)
+        split_2plus1d_convs(conv1, conv2)  # ValueError unless they make a (2+1)D unit
         check_bn_for_fusion(bn1, conv1.out_channels, "bn1", "conv1")
         check_bn_for_fusion(bn2, conv2.out_channels, "bn2", "conv2")
         self.activation = activation
-        self.temporal_first = temporal_first
-        self.stride = stride
-        self.padding = padding
         self._init_slots({"conv1": conv1, "bn1": bn1, "conv2": conv2, "bn2": bn2}, names)
 
     @classmethod
@@ -173,6 +171,39 @@ class Conv2Plus1dBNAct(FusedModuleBase):
     conv2 = property(lambda self: self._get("conv2"))
     bn2 = property(lambda self: self._get("bn2"))
 
+    @property
+    def temporal_first(self) -> bool:
+        """Whether ``conv1`` is the temporal conv (read from the convs)."""
+        return self._unit_args(self.conv1, self.conv2)[0]
+
+    @property
+    def stride(self) -> Tuple[int, int, int]:
+        """``(sT, sH, sW)`` of the unit (read from the convs)."""
+        return self._unit_args(self.conv1, self.conv2)[1]
+
+    @property
+    def padding(self) -> Tuple[int, int, int]:
+        """``(pT, pH, pW)`` of the unit (read from the convs)."""
+        return self._unit_args(self.conv1, self.conv2)[2]
+
+    def _unit_args(self, conv1: nn.Conv3d, conv2: nn.Conv3d) -> Tuple[bool, Tuple[int, ...],
+                                                                      Tuple[int, ...]]:
+        """``(temporal_first, stride, padding)`` as the convs are now
+        (:func:`split_2plus1d_convs`). Eval mode passes these to the op and train mode runs each
+        conv with its own arguments; read from the convs, the two always agree (kept as copies
+        made at construction, a conv's padding changed afterwards was seen in training and not
+        in eval: a wrong answer). Checked again once per distinct value of the convs'
+        arguments; a pair that no longer makes a unit raises split_2plus1d_convs' ValueError."""
+        key = (conv1.kernel_size, conv1.stride, conv1.padding, conv1.dilation, conv1.groups,
+               conv2.kernel_size, conv2.stride, conv2.padding, conv2.dilation, conv2.groups,
+               conv1.out_channels, conv2.in_channels)
+        cached = self.__dict__.get("_unit_args_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        args = split_2plus1d_convs(conv1, conv2)
+        self.__dict__["_unit_args_cache"] = (key, args)
+        return args
+
     def _fold_sources(self):
         return _fold_sources_of(self.conv1, self.bn1) + _fold_sources_of(self.conv2, self.bn2)
 
@@ -201,41 +232,51 @@ class Conv2Plus1dBNAct(FusedModuleBase):
         # versions runs directly (both stages' packed weights looked up once, not per call);
         # its guard is checked on every call.
         guard = None
-        if not torch.is_grad_enabled():
-            sources = _fold_sources_of(conv1, bn1) + _fold_sources_of(conv2, bn2)
+        # (Dynamo folds is_compiling() to True: it never traces the C stamp below.)
+        if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            prepared = self.__dict__.get("_prepared")
+            stamp = None if prepared is None else prepared[3]
+            if stamp is not None and stamp_holds(stamp, (conv1, bn1, conv2, bn2)):
+                sources, key = prepared[4], prepared[0][4]  # unchanged (the C stamp)
+            else:
+                stamp = parameter_stamp(_fold_specs_of(conv1, bn1) + _fold_specs_of(conv2, bn2))
+                sources, key = _fold_sources_of(conv1, bn1) + _fold_sources_of(conv2, bn2), None
             weight2 = sources[2 if bn1 is None else 7]
             if dispatcher_unobservable(x, residual, sources[0], weight2):
-                guard = self._prepared_guard(x, residual, sources)
-                prepared = self.__dict__.get("_prepared")
+                guard = self._prepared_guard(x, residual, conv1, conv2, sources, key)
                 if guard is not None and prepared is not None and prepared[0] == guard:
                     if prepared[1] is not None:
                         self._direct_plan().hits += 1
                         return prepared[1](x, residual)
                     guard = None  # this backend has no prepared call: the direct path below
         scale1, shift1, scale2, shift2 = self.folded()
+        temporal_first, stride, padding = self._unit_args(conv1, conv2)
         out = call_conv2plus1d_bn_act(
             self._direct_plan(), x, conv1.weight, scale1, shift1, conv2.weight, scale2, shift2,
-            self.stride, self.padding, self.activation, self.temporal_first, residual)
+            stride, padding, self.activation, temporal_first, residual)
         if guard is not None and x.shape[0] > 0:
             # with what the guard's identities refer to, kept alive (_key_referents)
             self.__dict__["_prepared"] = (guard, prepare_conv2plus1d_bn_act(
-                x, conv1.weight, scale1, shift1, conv2.weight, scale2, shift2, self.stride,
-                self.padding, self.activation, self.temporal_first, residual),
-                _key_referents(sources))
+                x, conv1.weight, scale1, shift1, conv2.weight, scale2, shift2, stride, padding,
+                self.activation, temporal_first, residual), _key_referents(sources), stamp,
+                sources)
         return out
 
-    def _prepared_guard(self, x: Tensor, residual: Optional[Tensor],
-                        sources: Tuple[Optional[Tensor], ...]):
+    def _prepared_guard(self, x: Tensor, residual: Optional[Tensor], conv1: nn.Conv3d,
+                        conv2: nn.Conv3d, sources: Tuple[Optional[Tensor], ...],
+                        key: Optional[tuple] = None):
         """What a prepared call depends on (as Conv3dBNAct._prepared_guard): the input
-        signature, the backend choice, every parameter both folds and packed weights come from,
-        the unit's stride, padding, activation and order, and both BatchNorms' eps. None when a
-        parameter has no version counter (inference tensors)."""
-        key, versioned = _sources_key(sources)
-        if not versioned:
-            return None
+        signature, the backend choice, every parameter both folds and packed weights come from
+        (or ``key``, when a stamp says they are unchanged), the unit's stride, padding,
+        activation and order, and both BatchNorms' eps. None when a parameter has no version
+        counter (inference tensors)."""
+        if key is None:
+            key, versioned = _sources_key(sources)
+            if not versioned:
+                return None
         return (tensor_signature(x), tensor_signature(residual), backends.forced_backend(),
-                tuple(backends.PRIORITY), key, tuple(self.stride), tuple(self.padding),
-                self.activation, self.temporal_first) + self._fold_constants()
+                tuple(backends.PRIORITY), key, self._unit_args(conv1, conv2), self.activation
+                ) + self._fold_constants()
 
     def _stage(self, x: Tensor, conv: nn.Conv3d, bn: Optional[nn.BatchNorm3d],
                residual: Optional[Tensor], role: str) -> Tensor:

@@ -12,8 +12,9 @@ from .. import backends
 from ..ops._direct import dispatcher_unobservable, tensor_signature
 from ..ops.conv3d_bn_act import call_from_module as call_conv3d_bn_act
 from ..ops.conv3d_bn_act import prepare_from_module as prepare_conv3d_bn_act
-from ._common import (FusedModuleBase, _bn_eps, _fold_sources_of, _key_referents,
-                      _sources_key, activation_name, hooks_reason)
+from ._common import (FusedModuleBase, _bn_eps, _fold_sources_of, _fold_specs_of,
+                      _key_referents, _sources_key, activation_name, hooks_reason,
+                      parameter_stamp, stamp_holds)
 from .folding import fold_conv_bn
 
 __all__ = ["Conv3dBNAct", "check_conv3d_for_fusion", "check_bn_for_fusion"]
@@ -184,11 +185,21 @@ class Conv3dBNAct(FusedModuleBase):
         # the backend for this input signature and these parameter versions runs directly
         # (videoconv/ops/_direct.py); its guard is checked on every call.
         guard = None
-        if not torch.is_grad_enabled():
-            sources = _fold_sources_of(conv, bn)  # the tensors only; nothing read from them yet
+        # (Dynamo folds is_compiling() to True: it never traces the C stamp below.)
+        if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            prepared = self.__dict__.get("_prepared")
+            stamp = None if prepared is None else prepared[3]
+            if stamp is not None and stamp_holds(stamp, (conv, bn)):
+                # The parameters are the ones the prepared call was built from (the C stamp,
+                # csrc/parameter_stamp.cpp): their tensors and key need not be read again.
+                sources, key = prepared[4], prepared[0][4]
+            else:
+                # A stamp made before the key is read can only be older than the key, never
+                # newer: if a parameter changes in between, the stamp fails later, not holds.
+                stamp = parameter_stamp(_fold_specs_of(conv, bn))
+                sources, key = _fold_sources_of(conv, bn), None  # nothing read from them yet
             if dispatcher_unobservable(x, residual, sources[0]):
-                guard = self._prepared_guard(x, residual, conv, bn, sources)
-                prepared = self.__dict__.get("_prepared")
+                guard = self._prepared_guard(x, residual, conv, bn, sources, key)
                 if guard is not None and prepared is not None and prepared[0] == guard:
                     if prepared[1] is not None:
                         self._direct_plan().hits += 1
@@ -200,20 +211,23 @@ class Conv3dBNAct(FusedModuleBase):
                                  padding, dilation, conv.groups, self.activation, residual)
         if guard is not None and x.shape[0] > 0:
             # with what the guard's identities refer to, kept alive (_key_referents)
+            # (guard, call, referents, stamp, sources)
             self.__dict__["_prepared"] = (guard, prepare_conv3d_bn_act(
                 x, conv.weight, scale, shift, stride, padding, dilation, conv.groups,
-                self.activation, residual), _key_referents(sources))
+                self.activation, residual), _key_referents(sources), stamp, sources)
         return out
 
     def _prepared_guard(self, x: Tensor, residual: Optional[Tensor], conv: nn.Conv3d,
-                        bn: Optional[nn.BatchNorm3d], sources: Tuple[Optional[Tensor], ...]):
+                        bn: Optional[nn.BatchNorm3d], sources: Tuple[Optional[Tensor], ...],
+                        key: Optional[tuple] = None):
         """What a prepared call depends on: the input signature, the backend choice, and every
         parameter the fold and the packed weight come from (``sources``: identity, storage,
-        version, the fold cache's key; and BN's eps). None when a parameter has no version
-        counter (inference tensors)."""
-        key, versioned = _sources_key(sources)
-        if not versioned:
-            return None
+        version, the fold cache's key, or ``key`` when a stamp says it is unchanged; and BN's
+        eps). None when a parameter has no version counter (inference tensors)."""
+        if key is None:
+            key, versioned = _sources_key(sources)
+            if not versioned:
+                return None
         return (tensor_signature(x), tensor_signature(residual), backends.forced_backend(),
                 tuple(backends.PRIORITY), key, conv.stride, conv.padding, conv.dilation,
                 conv.groups, self.activation, _bn_eps(bn))
