@@ -30,7 +30,9 @@ weight and bias and the BatchNorm parameters and statistics; those tensors and s
 alive with it, so that no recycled id or address can match), and calls it while the guard
 holds; any change (an optimiser step, ``load_state_dict``, ``.to()``, ``.data =``, a new eps,
 training-mode statistics, another input size) builds it again after a direct call. Parameters without
-version counters (inference tensors) never get one.
+version counters (inference tensors) never get one. With the extension loaded, the parameters'
+part of the guard is checked by a C stamp (csrc/parameter_stamp.cpp, ~0.5 µs) instead of being
+read and keyed again in Python (3-5 µs) on every call.
 
 When it is not used (:func:`dispatcher_unobservable`). Whenever skipping the dispatcher could be
 seen, as for ``nn.MultiheadAttention``'s fast path: autograd must record the op (grad mode on
