@@ -52,7 +52,7 @@ DEVICES = (("cpu", "CPU"), ("cuda", "GPU"))
 SUMMARY = (
     ("Zen 4, AVX512-BF16", "bench_cpu"),
     ("Zen 3, AVX2 only", "bench_avx2_cpu"),
-    ("Zen 5, AVX-512 full width", "models_f7_zen5_cpu"),
+    ("Zen 5, AVX-512 full width", "models_s6_zen5_cpu"),
 )
 SUMMARY_MODELS = ("r2plus1d_18", "r3d_18", "x3d_s")
 SUMMARY_BASELINES = ("compile", "openvino")
