@@ -18,21 +18,21 @@ pass; the result is the same tensor, computed by the same code. Any change of si
 raises the usual errors for bad input.
 
 A prepared call, one level further (``Conv3dBNAct`` and ``Conv2Plus1dBNAct`` under
-``no_grad``/``inference_mode``). The direct call still pays ~30 µs per call (a (2+1)D unit
-~40 µs more than two prepared ``Conv3dBNAct`` calls): folding and pack-cache lookups, building
-the argument dict and the signature, the backend's own argument handling. A backend may therefore
-offer ``prepare_conv3d_bn_act`` and ``prepare_conv2plus1d_bn_act`` (the ``cpu`` backend does): a
-closure with the packed weights, the biases and the oneDNN arguments bound once. The module keeps
-it with a guard made of the input signature, the forced backend, the registered backends, the
-conv (or unit) arguments, BatchNorm's eps and the fold cache's key of every parameter it comes
-from (identity, storage and version of the conv
-weight and bias and the BatchNorm parameters and statistics; those tensors and storages are kept
-alive with it, so that no recycled id or address can match), and calls it while the guard
-holds; any change (an optimiser step, ``load_state_dict``, ``.to()``, ``.data =``, a new eps,
-training-mode statistics, another input size) builds it again after a direct call. Parameters without
-version counters (inference tensors) never get one. With the extension loaded, the parameters'
-part of the guard is checked by a C stamp (csrc/parameter_stamp.cpp, ~0.5 µs) instead of being
-read and keyed again in Python (3-5 µs) on every call.
+``no_grad``/``inference_mode``). The direct call still pays ~30 µs per call (a (2+1)D unit ~40 µs
+more than two prepared ``Conv3dBNAct`` calls): folding and pack-cache lookups, building the
+argument dict and the signature, the backend's own argument handling. A backend may therefore offer
+``prepare_conv3d_bn_act`` and ``prepare_conv2plus1d_bn_act`` (the ``cpu`` backend does): a closure
+with the packed weights, the biases and the oneDNN arguments bound once. The module keeps it with a
+guard made of the input signature, the forced backend, the registered backends, the conv (or unit)
+arguments, BatchNorm's eps and the fold cache's key of every parameter it comes from (identity,
+storage and version of the conv weight and bias and the BatchNorm parameters and statistics; those
+tensors and storages are kept alive with it, so that no recycled id or address can match), and
+calls it while the guard holds; any change (an optimiser step, ``load_state_dict``, ``.to()``,
+``.data =``, a new eps, training-mode statistics, another input size) builds it again after a
+direct call. Parameters without version counters (inference tensors) never get one. With the
+extension loaded, the parameters' part of the guard is checked by a C stamp
+(csrc/parameter_stamp.cpp, ~0.5 µs) instead of being read and keyed again in Python (3-5 µs) on
+every call.
 
 When it is not used (:func:`dispatcher_unobservable`). Whenever skipping the dispatcher could be
 seen, as for ``nn.MultiheadAttention``'s fast path: autograd must record the op (grad mode on
