@@ -370,3 +370,27 @@ def test_conv2plus1d_follows_its_convs_arguments_in_eval_and_train():
     fused.eval()
     with pytest.raises(ValueError, match=r"\(2\+1\)D unit needs"):
         fused(x)
+
+
+@pytest.mark.parametrize("which", ["conv3d", "unit"])
+@pytest.mark.parametrize("mode", ["eval, prepared", "eval, first call", "train"])
+def test_padding_mode_set_after_construction_raises(which, mode):
+    """The op pads with zeros only. A conv with another padding mode is refused when the module
+    is built; set on the conv afterwards, it was ignored in every mode (a wrong answer: the
+    circular padding's output differs by ~0.8 here). Now each mode raises."""
+    if which == "conv3d":
+        m = Conv3dBNAct(4, 4, 3, padding=1)
+        conv = m.conv
+    else:
+        m = Conv2Plus1dBNAct(4, 6, 4, kernel_size=3, padding=1)
+        conv = m.conv1
+    x = torch.randn(1, 4, 4, 6, 6)
+    m.train(mode == "train")
+    with torch.no_grad():
+        if mode == "eval, prepared":
+            m(x)
+            m(x)
+            assert "_prepared" in m.__dict__
+        conv.padding_mode = "circular"
+        with pytest.raises(ValueError, match="padding_mode='circular'"):
+            m(x)

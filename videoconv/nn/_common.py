@@ -278,13 +278,18 @@ class FusedModuleBase(nn.Module):
     def _conv_args(self, conv: nn.Module, role: str = "conv"):
         """``[stride], [padding], [dilation]`` of ``conv`` (the module in ``role``) as the op's
         int lists, converted once per distinct value (per-call conversion is a visible cost on
-        small layers)."""
-        key = (conv.stride, conv.padding, conv.dilation)
+        small layers). ValueError for a padding mode other than zeros, which the op does not
+        have (checked when the module was built, and again here: set on the conv afterwards, it
+        was ignored, a wrong answer)."""
+        key = (conv.stride, conv.padding, conv.dilation, conv.padding_mode)
         attr = f"_conv_args_cache_{role}"
         cached = self.__dict__.get(attr)
         if cached is not None and cached[0] == key:
             return cached[1]
         name = "videoconv.nn"
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"{name}: {role} has padding_mode={conv.padding_mode!r}; only "
+                             "'zeros' can be fused")
         args = (list(as_triple(conv.stride, "stride", name)),
                 list(as_triple(conv.padding, "padding", name)),
                 list(as_triple(conv.dilation, "dilation", name)))

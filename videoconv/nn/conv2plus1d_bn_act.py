@@ -193,10 +193,12 @@ class Conv2Plus1dBNAct(FusedModuleBase):
         conv with its own arguments; read from the convs, the two always agree (kept as copies
         made at construction, a conv's padding changed afterwards was seen in training and not
         in eval: a wrong answer). Checked again once per distinct value of the convs'
-        arguments; a pair that no longer makes a unit raises split_2plus1d_convs' ValueError."""
+        arguments; a pair that no longer makes a unit, or a padding mode other than zeros,
+        raises split_2plus1d_convs' ValueError."""
         key = (conv1.kernel_size, conv1.stride, conv1.padding, conv1.dilation, conv1.groups,
-               conv2.kernel_size, conv2.stride, conv2.padding, conv2.dilation, conv2.groups,
-               conv1.out_channels, conv2.in_channels)
+               conv1.padding_mode, conv2.kernel_size, conv2.stride, conv2.padding,
+               conv2.dilation, conv2.groups, conv2.padding_mode, conv1.out_channels,
+               conv2.in_channels)
         cached = self.__dict__.get("_unit_args_cache")
         if cached is not None and cached[0] == key:
             return cached[1]

@@ -230,7 +230,7 @@ class Conv3dBNAct(FusedModuleBase):
                 return None
         return (tensor_signature(x), tensor_signature(residual), backends.forced_backend(),
                 tuple(backends.PRIORITY), key, conv.stride, conv.padding, conv.dilation,
-                conv.groups, self.activation, _bn_eps(bn))
+                conv.groups, conv.padding_mode, self.activation, _bn_eps(bn))
 
     def extra_repr(self) -> str:
         s = f"activation={self.activation!r}"
