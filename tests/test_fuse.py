@@ -380,12 +380,14 @@ def test_models_with_computed_weights_are_copied_and_fused_around(method):
     conv = model[0]
     if method == "prune":
         prune.l1_unstructured(conv, "weight", amount=0.4)
+
         def weight(c):
             return c.weight_orig * c.weight_mask
     else:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # deprecated in favour of parametrizations
+            warnings.simplefilter("ignore", FutureWarning)  # deprecated for parametrizations
             nn.utils.weight_norm(conv)
+
         def weight(c):
             norm = c.weight_v.pow(2).sum(dim=(1, 2, 3, 4), keepdim=True).sqrt()
             return c.weight_g * c.weight_v / norm
