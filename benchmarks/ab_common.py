@@ -8,13 +8,14 @@ Imported as a sibling module (``python benchmarks/<script>.py`` puts benchmarks/
 
 from __future__ import annotations
 
+import argparse
 import contextlib
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
 from videoconv.backends import cpu
-from videoconv.bench.timing import Timing, time_interleaved
+from videoconv.bench.timing import Timing, paired_speedup, time_interleaved
 from videoconv.nn.folding import fold_conv_bn
 
 
@@ -69,3 +70,33 @@ def eager_model_and_clip(model: str, dtype: torch.dtype) -> Tuple[torch.nn.Modul
     eager = zoo.get_model(model).eval().to(dtype=dtype, memory_format=cl)
     x = torch.randn((1,) + tuple(spec.input_shape)).to(dtype).contiguous(memory_format=cl)
     return eager, x
+
+
+def whole_model_args(doc: str, models: Sequence[str]) -> argparse.Namespace:
+    """The command line of the whole-model A/B scripts (``doc``: the script's docstring):
+    ``--models``, ``--dtypes``, ``--min-run-time`` and ``--rounds`` of ``time_interleaved``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(models))
+    parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"],
+                        choices=("float32", "bfloat16"))
+    parser.add_argument("--min-run-time", type=float, default=12.0)
+    parser.add_argument("--rounds", type=int, default=30)
+    return parser.parse_args()
+
+
+def print_environment() -> None:
+    """The machine, torch and the git revision, for the record next to the figures."""
+    from videoconv.bench.environment import environment
+
+    env = environment(torch.device("cpu"))
+    print(f"{env['device']}, torch {env['torch']}, rev {env['git_revision']}, {env['date']}",
+          flush=True)
+
+
+def print_paired(model: str, dtype: str, t: Dict[str, Timing], base: str, other: str) -> None:
+    """One line: every timed call's median, and ``base`` / ``other`` as the median of the
+    rounds' paired ratios with its 95% interval (``paired_speedup``; > 1: ``other`` is faster)."""
+    mid, lo, hi = paired_speedup(t[base], t[other])
+    line = ", ".join(f"{k} {v.median_ms:.2f} ms" for k, v in t.items())
+    print(f"{model} {dtype}: {line}; {base} / {other} {mid:.3f} [{lo:.3f}-{hi:.3f}] (median of "
+          "the rounds' paired ratios, 95% interval)", flush=True)

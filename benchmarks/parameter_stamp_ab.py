@@ -14,39 +14,27 @@ ratio is the median of the rounds' paired ratios with its 95% interval (``paired
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
-from ab_common import eager_model_and_clip, patched
-from videoconv.bench.environment import environment
-from videoconv.bench.timing import paired_speedup, time_interleaved
-from videoconv.nn import conv2plus1d_bn_act as unit_module
-from videoconv.nn import conv3d_bn_act as conv_module
+from ab_common import (eager_model_and_clip, patched, print_environment, print_paired,
+                       whole_model_args)
+from videoconv.bench.timing import time_interleaved
+from videoconv.nn import _common
 
 
 def _no_stamp(fn):
-    """``fn`` with both fused modules' ``parameter_stamp`` giving None for the call."""
+    """``fn`` with the fused modules' ``parameter_stamp`` giving None for the call."""
     def run():
-        with patched(conv_module, parameter_stamp=lambda specs: None), \
-                patched(unit_module, parameter_stamp=lambda specs: None):
+        with patched(_common, parameter_stamp=lambda specs: None):
             return fn()
     return run
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["x3d_s", "r2plus1d_18"])
-    parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"],
-                        choices=("float32", "bfloat16"))
-    parser.add_argument("--min-run-time", type=float, default=12.0)
-    parser.add_argument("--rounds", type=int, default=30)
-    args = parser.parse_args()
+    args = whole_model_args(__doc__, ["x3d_s", "r2plus1d_18"])
     import videoconv
 
-    env = environment(torch.device("cpu"))
-    print(f"{env['device']}, torch {env['torch']}, rev {env['git_revision']}, {env['date']}",
-          flush=True)
+    print_environment()
     for model in args.models:
         for name in args.dtypes:
             eager, x = eager_model_and_clip(model, getattr(torch, name))
@@ -54,17 +42,14 @@ def main() -> None:
                 stamped, keyed = videoconv.fuse(eager), videoconv.fuse(eager)
                 fns = {"stamp": lambda: stamped(x), "python key": _no_stamp(lambda: keyed(x)),
                        "eager": lambda: eager(x)}
-                outputs = [fns["stamp"]() for _ in range(3)] + [fns["python key"]() for _ in range(3)]
-                stamps = [m.__dict__.get("_prepared", (None,) * 4)[3] is not None
+                outputs = [fns[k]() for k in ("stamp", "python key") for _ in range(3)]
+                stamps = [m.__dict__["_prepared"][3] is not None
                           for m in stamped.modules() if "_prepared" in m.__dict__]
                 assert stamps and all(stamps), "the stamped copy has modules without a stamp"
                 assert all(torch.equal(y, outputs[0]) for y in outputs)
                 eager(x)
                 t = time_interleaved(fns, min_run_time=args.min_run_time, rounds=args.rounds)
-            mid, lo, hi = paired_speedup(t["python key"], t["stamp"])
-            line = ", ".join(f"{k} {v.median_ms:.2f} ms" for k, v in t.items())
-            print(f"{model} {name}: {line}; python key / stamp {mid:.3f} [{lo:.3f}-{hi:.3f}] "
-                  "(median of the rounds' paired ratios, 95% interval)", flush=True)
+            print_paired(model, name, t, "python key", "stamp")
 
 
 if __name__ == "__main__":

@@ -14,29 +14,19 @@ paired ratios with its 95% interval (``paired_speedup``), > 1: the prepared call
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
-from ab_common import eager_model_and_clip, patched
+from ab_common import (eager_model_and_clip, patched, print_environment, print_paired,
+                       whole_model_args)
 from videoconv.backends import CpuBackend
-from videoconv.bench.environment import environment
-from videoconv.bench.timing import paired_speedup, time_interleaved
+from videoconv.bench.timing import time_interleaved
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["r2plus1d_18"])
-    parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"],
-                        choices=("float32", "bfloat16"))
-    parser.add_argument("--min-run-time", type=float, default=12.0)
-    parser.add_argument("--rounds", type=int, default=30)
-    args = parser.parse_args()
+    args = whole_model_args(__doc__, ["r2plus1d_18"])
     import videoconv
 
-    env = environment(torch.device("cpu"))
-    print(f"{env['device']}, torch {env['torch']}, rev {env['git_revision']}, {env['date']}",
-          flush=True)
+    print_environment()
     for model in args.models:
         for name in args.dtypes:
             eager, x = eager_model_and_clip(model, getattr(torch, name))
@@ -54,10 +44,7 @@ def main() -> None:
                 t = time_interleaved({"prepared": lambda: prepared(x), "direct": lambda: direct(x),
                                       "eager": lambda: eager(x)},
                                      min_run_time=args.min_run_time, rounds=args.rounds)
-            mid, lo, hi = paired_speedup(t["direct"], t["prepared"])
-            line = ", ".join(f"{k} {v.median_ms:.2f} ms" for k, v in t.items())
-            print(f"{model} {name}: {line}; direct / prepared {mid:.3f} [{lo:.3f}-{hi:.3f}] "
-                  "(median of the rounds' paired ratios, 95% interval)", flush=True)
+            print_paired(model, name, t, "direct", "prepared")
 
 
 if __name__ == "__main__":

@@ -28,11 +28,11 @@ import argparse
 
 import torch
 
-from ab_common import (conv_key, eager_model_and_clip, patched, prepare_conv,
+from ab_common import (conv_key, eager_model_and_clip, patched, prepare_conv, print_paired,
                        time_prepared)
 from videoconv.backends import cpu
 from videoconv.bench.layers import trace_layers
-from videoconv.bench.timing import paired_speedup, time_interleaved
+from videoconv.bench.timing import time_interleaved
 
 
 def _temporal_convs(layer):
@@ -97,10 +97,8 @@ def _whole(models, dtypes, min_run_time, compare_sum: bool) -> None:
                 eager(x)
                 t = time_interleaved(fns, min_run_time=min_run_time)
             (a, _, _), (b, _, _) = variants
-            mid, lo, hi = paired_speedup(t[b], t[a])
-            line = ", ".join(f"{k} {v.median_ms:.1f} ms" for k, v in t.items())
-            print(f"{model} {name}: {line}; {b} / {a} {mid:.3f} [{lo:.3f}-{hi:.3f}] (median of "
-                  f"the rounds' paired ratios, 95% interval)", flush=True)
+            print_paired(model, name, t, b, a)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

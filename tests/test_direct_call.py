@@ -37,12 +37,9 @@ def guard_check(request, monkeypatch):
     (csrc/parameter_stamp.cpp, the default with the extension) and the Python key it stands in
     for (``_sources_key``, without the extension)."""
     from videoconv.nn import _common
-    from videoconv.nn import conv2plus1d_bn_act as unit_module
-    from videoconv.nn import conv3d_bn_act as conv_module
 
     if request.param == "python":
-        for module in (conv_module, unit_module):
-            monkeypatch.setattr(module, "parameter_stamp", lambda specs: None)
+        monkeypatch.setattr(_common, "parameter_stamp", lambda specs: None)
     elif _common._make_stamp is None:
         pytest.skip("the videoconv._C extension is not loaded")
     return request.param
@@ -214,27 +211,6 @@ def test_prepared_unit_follows_parameters_and_unit_arguments(guard_check):
             check()
             check()
     assert m._direct.hits == hits + 1  # the reference backend has no prepared call
-
-
-def test_prepared_unit_is_dropped_by_training_and_invalidation(guard_check):
-    m = _unit_module()
-    x = torch.randn(2, 6, 5, 8, 8)
-    with torch.no_grad():
-        m(x)
-        m(x)
-        assert "_prepared" in m.__dict__
-        m.invalidate_fold_cache()
-        assert "_prepared" not in m.__dict__
-        m(x)
-        m.train()
-        m(x)  # batch statistics; updates the running statistics
-        assert "_prepared" not in m.__dict__
-        m.eval()
-        y = m(x)
-        assert "_prepared" in m.__dict__
-        y_prepared = m(x)
-    torch.testing.assert_close(y.double(), _float64_unit(m, x), rtol=1e-4, atol=1e-4)
-    assert torch.equal(y, y_prepared)
 
 
 def test_inference_mode_takes_the_direct_path():
@@ -479,9 +455,12 @@ def test_prepared_call_follows_replaced_parameters_and_conv_arguments(guard_chec
         torch.testing.assert_close(y.double(), _float64_chain(m, x, r), rtol=1e-4, atol=1e-4)
 
 
-def test_prepared_call_is_dropped_by_training_and_invalidation(guard_check):
-    m = _conv_module()
-    x = torch.randn(2, 8, 3, 5, 5)
+@pytest.mark.parametrize("which", ["conv3d", "unit"])
+def test_prepared_call_is_dropped_by_training_and_invalidation(which, guard_check):
+    if which == "conv3d":
+        m, x, float64 = _conv_module(), torch.randn(2, 8, 3, 5, 5), _float64_chain
+    else:
+        m, x, float64 = _unit_module(), torch.randn(2, 6, 5, 8, 8), _float64_unit
     with torch.no_grad():
         m(x)
         m(x)
@@ -494,7 +473,10 @@ def test_prepared_call_is_dropped_by_training_and_invalidation(guard_check):
         assert "_prepared" not in m.__dict__
         m.eval()
         y = m(x)
-    torch.testing.assert_close(y.double(), _float64_chain(m, x), rtol=1e-4, atol=1e-4)
+        assert "_prepared" in m.__dict__
+        y_prepared = m(x)
+    torch.testing.assert_close(y.double(), float64(m, x), rtol=1e-4, atol=1e-4)
+    assert torch.equal(y, y_prepared)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # the cpu backend's RepackingWarning

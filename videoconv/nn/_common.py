@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..ops._direct import dispatcher_unobservable
 from ..ops._validation import as_triple, canonical_activation
 from ..ops.conv3d_bn_act_train import conv3d_bn_act_train
 
@@ -108,6 +109,8 @@ def _fold_sources_of(conv: nn.Module, bn: Optional[nn.Module]) -> Tuple[Optional
     return (weight, bias) + tuple(module_tensor(bn, name) for name in _BN_SOURCES)
 
 
+# The names _fold_sources_of reads, in its order (the C stamp is made from them: the stamp
+# test in tests/test_direct_call.py checks that both see the same tensors).
 _CONV_SOURCES = ("weight", "bias")
 _BN_SOURCES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -325,6 +328,61 @@ class FusedModuleBase(nn.Module):
             return conv3d_bn_act_train(x, conv.weight, conv.bias, **kwargs)
         with self._backend_context():
             return conv3d_bn_act_train(x, conv.weight, conv.bias, **kwargs)
+
+    # -- the eval fast path's prepared call (videoconv/ops/_direct.py) -----------------------
+
+    def _prepared_guard(self, x: Tensor, residual: Optional[Tensor], modules: tuple,
+                        sources: Tuple[Optional[Tensor], ...], key: Optional[tuple]):
+        """What the prepared call depends on, None when it cannot have one (each module)."""
+        raise NotImplementedError
+
+    def _eval_fast_path(self, x: Tensor, residual: Optional[Tensor], modules: tuple):
+        """``(output, keep)``: the output of the call prepared for this input signature and these
+        parameters, or None; and, when None, what :meth:`_keep_prepared` needs to keep the call
+        the caller prepares after its direct call (None: none may be prepared). ``modules`` is
+        the flat tuple of the (conv, bn) pairs the folds read.
+
+        Only under no_grad/inference_mode, when nothing observes the dispatcher. The parameters
+        are checked by the C stamp (csrc/parameter_stamp.cpp) when there is one, else read and
+        keyed again (``_fold_sources_of``, ``_sources_key``); the rest of the guard is the
+        module's :meth:`_prepared_guard`."""
+        # (Dynamo folds is_compiling() to True: it never traces the C stamp below.)
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return None, None
+        prepared = self.__dict__.get("_prepared")
+        stamp = None if prepared is None else prepared[3]
+        if stamp is not None and stamp_holds(stamp, modules):
+            # The parameters the prepared call was built from: not read or keyed again.
+            sources, weights, key = prepared[4], prepared[5], prepared[0][4]
+        else:
+            pairs = tuple(zip(modules[::2], modules[1::2]))
+            # A stamp made before the key is read can only be older than the key, never newer:
+            # if a parameter changes in between, the stamp fails later, not holds.
+            stamp = parameter_stamp(tuple(spec for conv, bn in pairs
+                                          for spec in _fold_specs_of(conv, bn)))
+            per_pair = [_fold_sources_of(conv, bn) for conv, bn in pairs]
+            sources = tuple(t for own in per_pair for t in own)
+            weights = tuple(own[0] for own in per_pair)  # the convs' weights
+            key = None
+        if not dispatcher_unobservable(x, residual, *weights):
+            return None, None
+        guard = self._prepared_guard(x, residual, modules, sources, key)
+        if guard is None:
+            return None, None
+        if prepared is not None and prepared[0] == guard:
+            if prepared[1] is None:
+                return None, None  # this backend has no prepared call: the direct path
+            self._direct_plan().hits += 1
+            return prepared[1](x, residual), None
+        return None, (guard, stamp, sources, weights)
+
+    def _keep_prepared(self, keep: tuple, call) -> None:
+        """Keep ``call`` (the backend's prepared call, or None) with what
+        :meth:`_eval_fast_path` gave: (guard, call, referents, stamp, sources, weights), with what
+        the guard's identities refer to kept alive (:func:`_key_referents`)."""
+        guard, stamp, sources, weights = keep
+        self.__dict__["_prepared"] = (guard, call, _key_referents(sources), stamp, sources,
+                                      weights)
 
     def _direct_plan(self):
         """This module's cached backend choice for the eval fast path (videoconv/ops/_direct.py),

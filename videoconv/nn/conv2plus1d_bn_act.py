@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Sequence, Tuple, Union
 
-import torch
 import torch.nn as nn
 from torch import Tensor
 
 from .. import backends, ops
-from ..ops._direct import dispatcher_unobservable, tensor_signature
+from ..ops._direct import tensor_signature
 from ..ops.conv2plus1d_bn_act import call_from_module as call_conv2plus1d_bn_act
 from ..ops.conv2plus1d_bn_act import prepare_from_module as prepare_conv2plus1d_bn_act
-from ._common import (FusedModuleBase, _bn_eps, _fold_sources_of, _fold_specs_of,
-                      _key_referents, _sources_key, activation_name, parameter_stamp,
-                      stamp_holds)
+from ._common import FusedModuleBase, _bn_eps, _fold_sources_of, _sources_key, activation_name
 from .conv3d_bn_act import check_bn_for_fusion, check_conv3d_for_fusion
 from .folding import fold_conv_bn
 
@@ -229,49 +226,30 @@ class Conv2Plus1dBNAct(FusedModuleBase):
     def _eval_forward(self, x: Tensor, residual: Optional[Tensor], conv1: nn.Conv3d,
                       bn1: Optional[nn.BatchNorm3d], conv2: nn.Conv3d,
                       bn2: Optional[nn.BatchNorm3d]) -> Tensor:
-        # As Conv3dBNAct._eval_forward: under no_grad/inference_mode, when nothing observes the
-        # dispatcher, the backend's call prepared for this input signature and these parameter
-        # versions runs directly (both stages' packed weights looked up once, not per call);
-        # its guard is checked on every call.
-        guard = None
-        # (Dynamo folds is_compiling() to True: it never traces the C stamp below.)
-        if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            prepared = self.__dict__.get("_prepared")
-            stamp = None if prepared is None else prepared[3]
-            if stamp is not None and stamp_holds(stamp, (conv1, bn1, conv2, bn2)):
-                sources, key = prepared[4], prepared[0][4]  # unchanged (the C stamp)
-            else:
-                stamp = parameter_stamp(_fold_specs_of(conv1, bn1) + _fold_specs_of(conv2, bn2))
-                sources, key = _fold_sources_of(conv1, bn1) + _fold_sources_of(conv2, bn2), None
-            weight2 = sources[2 if bn1 is None else 7]
-            if dispatcher_unobservable(x, residual, sources[0], weight2):
-                guard = self._prepared_guard(x, residual, conv1, conv2, sources, key)
-                if guard is not None and prepared is not None and prepared[0] == guard:
-                    if prepared[1] is not None:
-                        self._direct_plan().hits += 1
-                        return prepared[1](x, residual)
-                    guard = None  # this backend has no prepared call: the direct path below
+        # As Conv3dBNAct._eval_forward; the prepared call looks both stages' packed weights up
+        # once, not per call.
+        out, keep = self._eval_fast_path(x, residual, (conv1, bn1, conv2, bn2))
+        if out is not None:
+            return out
         scale1, shift1, scale2, shift2 = self.folded()
         temporal_first, stride, padding = self._unit_args(conv1, conv2)
         out = call_conv2plus1d_bn_act(
             self._direct_plan(), x, conv1.weight, scale1, shift1, conv2.weight, scale2, shift2,
             stride, padding, self.activation, temporal_first, residual)
-        if guard is not None and x.shape[0] > 0:
-            # with what the guard's identities refer to, kept alive (_key_referents)
-            self.__dict__["_prepared"] = (guard, prepare_conv2plus1d_bn_act(
+        if keep is not None and x.shape[0] > 0:
+            self._keep_prepared(keep, prepare_conv2plus1d_bn_act(
                 x, conv1.weight, scale1, shift1, conv2.weight, scale2, shift2, stride, padding,
-                self.activation, temporal_first, residual), _key_referents(sources), stamp,
-                sources)
+                self.activation, temporal_first, residual))
         return out
 
-    def _prepared_guard(self, x: Tensor, residual: Optional[Tensor], conv1: nn.Conv3d,
-                        conv2: nn.Conv3d, sources: Tuple[Optional[Tensor], ...],
-                        key: Optional[tuple] = None):
+    def _prepared_guard(self, x: Tensor, residual: Optional[Tensor], modules: tuple,
+                        sources: Tuple[Optional[Tensor], ...], key: Optional[tuple] = None):
         """What a prepared call depends on (as Conv3dBNAct._prepared_guard): the input
         signature, the backend choice, every parameter both folds and packed weights come from
         (or ``key``, when a stamp says they are unchanged), the unit's stride, padding,
         activation and order, and both BatchNorms' eps. None when a parameter has no version
         counter (inference tensors)."""
+        conv1, _, conv2, _ = modules
         if key is None:
             key, versioned = _sources_key(sources)
             if not versioned:

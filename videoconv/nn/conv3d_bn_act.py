@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Sequence, Tuple, Union
 
-import torch
 import torch.nn as nn
 from torch import Tensor
 
 from .. import backends
-from ..ops._direct import dispatcher_unobservable, tensor_signature
+from ..ops._direct import tensor_signature
 from ..ops.conv3d_bn_act import call_from_module as call_conv3d_bn_act
 from ..ops.conv3d_bn_act import prepare_from_module as prepare_conv3d_bn_act
-from ._common import (FusedModuleBase, _bn_eps, _fold_sources_of, _fold_specs_of,
-                      _key_referents, _sources_key, activation_name, hooks_reason,
-                      parameter_stamp, stamp_holds)
+from ._common import (FusedModuleBase, _bn_eps, _fold_sources_of, _sources_key, activation_name,
+                      hooks_reason)
 from .folding import fold_conv_bn
 
 __all__ = ["Conv3dBNAct", "check_conv3d_for_fusion", "check_bn_for_fusion"]
@@ -181,49 +179,28 @@ class Conv3dBNAct(FusedModuleBase):
 
     def _eval_forward(self, x: Tensor, residual: Optional[Tensor], conv: nn.Conv3d,
                       bn: Optional[nn.BatchNorm3d]) -> Tensor:
-        # Under no_grad/inference_mode, when nothing observes the dispatcher, a call prepared by
-        # the backend for this input signature and these parameter versions runs directly
-        # (videoconv/ops/_direct.py); its guard is checked on every call.
-        guard = None
-        # (Dynamo folds is_compiling() to True: it never traces the C stamp below.)
-        if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            prepared = self.__dict__.get("_prepared")
-            stamp = None if prepared is None else prepared[3]
-            if stamp is not None and stamp_holds(stamp, (conv, bn)):
-                # The parameters are the ones the prepared call was built from (the C stamp,
-                # csrc/parameter_stamp.cpp): their tensors and key need not be read again.
-                sources, key = prepared[4], prepared[0][4]
-            else:
-                # A stamp made before the key is read can only be older than the key, never
-                # newer: if a parameter changes in between, the stamp fails later, not holds.
-                stamp = parameter_stamp(_fold_specs_of(conv, bn))
-                sources, key = _fold_sources_of(conv, bn), None  # nothing read from them yet
-            if dispatcher_unobservable(x, residual, sources[0]):
-                guard = self._prepared_guard(x, residual, conv, bn, sources, key)
-                if guard is not None and prepared is not None and prepared[0] == guard:
-                    if prepared[1] is not None:
-                        self._direct_plan().hits += 1
-                        return prepared[1](x, residual)
-                    guard = None  # this backend has no prepared call: the direct path below
+        # The call prepared by the backend for this input signature and these parameter
+        # versions, when its guard holds (FusedModuleBase._eval_fast_path); else the op.
+        out, keep = self._eval_fast_path(x, residual, (conv, bn))
+        if out is not None:
+            return out
         scale, shift = self.folded()
         stride, padding, dilation = self._conv_args(conv)
         out = call_conv3d_bn_act(self._direct_plan(), x, conv.weight, scale, shift, stride,
                                  padding, dilation, conv.groups, self.activation, residual)
-        if guard is not None and x.shape[0] > 0:
-            # with what the guard's identities refer to, kept alive (_key_referents)
-            # (guard, call, referents, stamp, sources)
-            self.__dict__["_prepared"] = (guard, prepare_conv3d_bn_act(
+        if keep is not None and x.shape[0] > 0:
+            self._keep_prepared(keep, prepare_conv3d_bn_act(
                 x, conv.weight, scale, shift, stride, padding, dilation, conv.groups,
-                self.activation, residual), _key_referents(sources), stamp, sources)
+                self.activation, residual))
         return out
 
-    def _prepared_guard(self, x: Tensor, residual: Optional[Tensor], conv: nn.Conv3d,
-                        bn: Optional[nn.BatchNorm3d], sources: Tuple[Optional[Tensor], ...],
-                        key: Optional[tuple] = None):
+    def _prepared_guard(self, x: Tensor, residual: Optional[Tensor], modules: tuple,
+                        sources: Tuple[Optional[Tensor], ...], key: Optional[tuple] = None):
         """What a prepared call depends on: the input signature, the backend choice, and every
         parameter the fold and the packed weight come from (``sources``: identity, storage,
         version, the fold cache's key, or ``key`` when a stamp says it is unchanged; and BN's
         eps). None when a parameter has no version counter (inference tensors)."""
+        conv, bn = modules
         if key is None:
             key, versioned = _sources_key(sources)
             if not versioned:
