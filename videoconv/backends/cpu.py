@@ -128,6 +128,27 @@ def _widened(dtype: torch.dtype) -> bool:
     return dtype == torch.bfloat16 and not onednn_bf16_supported()
 
 
+def _bf16_prepacked_unsafe(key) -> bool:
+    """Whether oneDNN's prepacked bfloat16 convolution gives wrong results for ``key``: one input
+    channel per group (a single-channel stem, or a grouped conv with C_in == groups), a single
+    input frame (D == 1) and a kernel with kt > 1 and kw > 1, e.g. one grayscale frame through a
+    (3, 7, 7) stem, or X3D's depthwise convs on one frame.
+
+    There, ``_convolution_pointwise`` with a weight from ``_reorder_convolution_weight`` (oneDNN's
+    ``brg_conv_fwd:avx512_core_bf16``, forward_inference; torch 2.13.0's oneDNN 3.12) returned
+    garbage: values off by the largest output or more, up to inf and NaN, different from run to
+    run (uninitialised memory). Eager ``F.conv3d`` takes another kernel (``jit_bf16``) and is
+    right. float32, D >= 2, kt == 1, kw == 1, and two or more input channels per group were right
+    in every case tried; so were depthwise convs with one output per group (oneDNN's
+    ``brdgmm_dw`` kernel), which are included anyway: a one-frame input is not where the speed
+    is. tests/test_backend_cpu.py (``test_onednn_bf16_one_channel_per_group_one_frame``) has the
+    grid. These convolutions take the "onednn-f32" route: the weight rounded to bfloat16 as usual,
+    the arithmetic in float32, the result rounded once."""
+    (dtype, _, _, wshape), _, _, _, _, input_size = key
+    return (dtype == torch.bfloat16 and wshape[1] == 1 and input_size[2] == 1
+            and wshape[2] > 1 and wshape[4] > 1)
+
+
 class _Entry:
     __slots__ = ("key", "version", "data_ptr", "storage", "scale", "shift", "packed", "bias",
                  "seen")
@@ -690,7 +711,8 @@ def _prepare(weight, scale, shift, stride, padding, dilation, groups, activation
            tuple(dilation), groups, tuple(input_size))
     route = (("winograd-7x7" if _winograd_tile(key) == 7 else "winograd") if _use_winograd(key)
              else _pointwise_route(weight.dtype) if _use_pointwise(key)
-             else "onednn-f32" if _widened(weight.dtype) and not _is_small_gemm(key)
+             else "onednn-f32" if ((_widened(weight.dtype) or _bf16_prepacked_unsafe(key))
+                                   and not _is_small_gemm(key))
              else "onednn-2d" if _use_temporal_2d(key)
              else "onednn")
     packed, bias = pack_cache.get(weight, scale, shift, (key, route))
