@@ -425,6 +425,33 @@ def test_a_model_that_is_one_chain_reports_nothing_left():
     assert [e.path for e in report.fused] == [""] and not report.left
 
 
+class _BroadcastShortcut(nn.Module):
+    """A residual add whose other operand broadcasts: fx sees no shapes, so fuse() folds the
+    add into the fused module, which must then add it as eager's + does."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(8, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm3d(8)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)) + x.mean(dim=(2, 3, 4), keepdim=True))
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_fused_broadcast_residual_add_matches_the_model(mode):
+    """Before: the fused model raised "residual must have the size of the output"."""
+    torch.manual_seed(8)
+    model = randomise_batch_norm(_BroadcastShortcut().eval(), 8)
+    assert [e.kind for e in videoconv.fuse_report(model).fused] == ["conv-bn-add-act"]
+    fused = videoconv.fuse(model).train(mode == "train")
+    x = torch.randn(2, 8, 3, 7, 7)
+    reference = copy.deepcopy(model).double().train(mode == "train")
+    with torch.set_grad_enabled(mode == "train"):
+        assert_close_rel(fused(x), reference(x.double()), 1e-5)
+
+
 def test_inplace_and_backend():
     model = nn.Sequential(Conv3DBlock(3, 8), Conv3DBlock(8, 8, pool=2)).eval()
     randomise_batch_norm(model, 4)

@@ -261,6 +261,66 @@ def test_bad_input_errors_come_from_the_op():
         assert str(mod_err.value) == str(op_err.value)
 
 
+# Residuals the fused ops do not add (module._residual_apart): fuse() puts these modules in place
+# of any act(bn(conv(x)) + r), where eager's + broadcasts and promotes. (name, residual of the
+# output (N, C, D, H, W), dtype of x).
+_APART_RESIDUALS = [
+    ("per_channel", lambda out: torch.randn(out[0], out[1], 1, 1, 1), torch.float32),
+    ("per_frame", lambda out: torch.randn(1, 1, out[2], 1, 1), torch.float32),
+    ("float32_on_bfloat16", lambda out: torch.randn(out), torch.bfloat16),
+    ("float64_on_float32", lambda out: torch.randn(out, dtype=torch.float64), torch.float32),
+]
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("which", ["conv3d", "conv2plus1d"])
+@pytest.mark.parametrize("name,make,dtype", _APART_RESIDUALS, ids=[c[0] for c in _APART_RESIDUALS])
+def test_residual_the_op_cannot_add_is_added_as_eager_adds_it(name, make, dtype, which, mode):
+    """Before: the fused model raised the op's "residual must have the size of the output"
+    (broadcast) or its dtype mismatch, where the model it replaced ran."""
+    if which == "conv3d":
+        conv, bn, act = _chain(act=nn.SiLU, stride=(1, 2, 2))
+        mods = (conv, bn, act)
+        fused = Conv3dBNAct.from_modules(*copy.deepcopy(mods))
+        run = lambda ms, x, r: _run_chain(*ms, x, r)  # noqa: E731
+        out = (2, 8, 5, 5, 5)
+    else:
+        mods = _unit(act=nn.ReLU)
+        fused = Conv2Plus1dBNAct.from_modules(*copy.deepcopy(mods))
+        run = _run_unit
+        out = (2, 8, 3, 5, 5)
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 5 if which == "conv3d" else 6, 9, 9)
+    r = make(out)
+    ref = [copy.deepcopy(m).double().train(mode == "train") for m in mods]
+    fused = fused.to(dtype).train(mode == "train")
+    # bfloat16: its rounding of the output and (train) of every gradient, through two convs
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
+    if mode == "eval":
+        with torch.no_grad():
+            expected = run(ref, x.double(), r.double())
+            for _ in range(3):  # the direct call, then what would be the prepared one
+                y = fused(x.to(dtype), r)
+                assert y.dtype == torch.promote_types(dtype, r.dtype)
+                assert _rel(y.double(), expected) < tol
+        return
+    xf, xr = (x.to(dtype).clone().requires_grad_(), x.double().clone().requires_grad_())
+    rf, rr = r.clone().requires_grad_(), r.double().clone().requires_grad_()
+    y, expected = fused(xf, rf), run(ref, xr, rr)
+    assert y.dtype == torch.promote_types(dtype, r.dtype)
+    assert _rel(y.double(), expected) < tol
+    g = torch.randn(expected.shape, dtype=torch.float64)
+    y.backward(g.to(y.dtype))
+    expected.backward(g)
+    assert _rel(xf.grad.double(), xr.grad) < 10 * tol
+    assert _rel(rf.grad.double(), rr.grad) < 10 * tol
+    fused_bns = [m for m in fused.modules() if isinstance(m, nn.BatchNorm3d)]
+    ref_bns = [m for m in ref if isinstance(m, nn.BatchNorm3d)]
+    for a, b in zip(fused_bns, ref_bns):
+        assert _rel(a.running_mean.double(), b.running_mean) < tol
+        assert _rel(a.weight.grad.double(), b.weight.grad) < 10 * tol
+
+
 def test_backend_attribute():
     m = Conv3dBNAct.from_modules(nn.Conv3d(4, 8, 1), nn.BatchNorm3d(8), "relu",
                                  backend="reference").eval()

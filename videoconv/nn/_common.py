@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops._direct import dispatcher_unobservable
-from ..ops._validation import as_triple, canonical_activation
+from ..ops._validation import _conv_output_shape, as_triple, canonical_activation
 from ..ops.conv3d_bn_act_train import conv3d_bn_act_train
 
 __all__ = ["activation_name", "apply_activation", "FusedModuleBase", "module_tensor"]
@@ -308,12 +308,13 @@ class FusedModuleBase(nn.Module):
                                    or module_tensor(bn, "running_var") is None)
 
     def _conv_bn_train(self, x: Tensor, conv: nn.Module, bn: nn.Module, residual: Optional[Tensor],
-                       conv_args) -> Tensor:
+                       conv_args, activation: Optional[str] = None) -> Tensor:
         """``act(bn(conv(x)) [+ residual])`` with ``bn`` normalising by batch statistics, on the
         fused path (:func:`videoconv.ops.conv3d_bn_act_train`): the convolution's epilogue
         gives the statistics, the running statistics are updated as ``nn.BatchNorm3d`` would
         (only in training mode with ``track_running_stats``), normalisation and activation are
-        one element-wise step, and the backward is BatchNorm's analytic one."""
+        one element-wise step, and the backward is BatchNorm's analytic one. ``activation``:
+        this module's unless given."""
         stride, padding, dilation = conv_args
         track = self.training and bn.track_running_stats and bn.running_mean is not None
         kwargs = dict(
@@ -322,12 +323,54 @@ class FusedModuleBase(nn.Module):
             running_var=bn.running_var if track else None,
             num_batches_tracked=bn.num_batches_tracked if track else None,
             momentum=bn.momentum, eps=bn.eps, stride=stride, padding=padding,
-            dilation=dilation, groups=conv.groups, activation=self.activation,
-            residual=residual)
+            dilation=dilation, groups=conv.groups,
+            activation=self.activation if activation is None else activation, residual=residual)
         if self.backend is None:
             return conv3d_bn_act_train(x, conv.weight, conv.bias, **kwargs)
         with self._backend_context():
             return conv3d_bn_act_train(x, conv.weight, conv.bias, **kwargs)
+
+    # -- a residual the fused op cannot add ------------------------------------------------
+
+    @staticmethod
+    def _residual_apart(x: Tensor, residual: Optional[Tensor], convs_args) -> bool:
+        """Whether ``residual`` is one the fused ops do not add: not of the output's size (a
+        broadcast add, e.g. of a per-channel mean), or not of ``x``'s dtype or device (a float32
+        shortcut on a bfloat16 branch). ``fuse()`` puts these modules in place of any
+        ``act(bn(conv(x)) + r)``, and eager ``+`` broadcasts and promotes, so such a residual is
+        added after the fused op, as eager adds it (:meth:`_add_apart`), rather than refused.
+        ``convs_args``: ``(conv, [stride, padding, dilation])`` per convolution, in order.
+
+        False when the input itself is invalid or the residual does not broadcast (the op then
+        raises its error naming the problem), and for what is not a tensor (torch.fx's proxies:
+        the trace records the op as it is). Only asked off the eval fast path, which holds
+        prepared calls only for residuals that fitted."""
+        if not (isinstance(residual, Tensor) and isinstance(x, Tensor)):
+            return False
+        size = list(x.shape)
+        if len(size) != 5:
+            return False
+        for conv, (stride, padding, dilation) in convs_args:
+            weight = conv.weight
+            if weight.dim() != 5:
+                return False
+            try:
+                size = _conv_output_shape("videoconv.nn", size, "weight", weight.shape, stride,
+                                          padding, dilation, conv.groups)
+            except RuntimeError:
+                return False
+        if list(residual.shape) == size:
+            return residual.dtype != x.dtype or residual.device != x.device
+        try:
+            torch.broadcast_shapes(tuple(size), tuple(residual.shape))
+        except RuntimeError:
+            return False  # neither adds it: the op's error names the sizes
+        return True
+
+    def _add_apart(self, y: Tensor, residual: Tensor) -> Tensor:
+        """``act(y + residual)`` with eager's ``+`` (broadcasting, type promotion), ``y`` being
+        the fused op's output without residual or final activation."""
+        return apply_activation(y + residual, self.activation)
 
     # -- the eval fast path's prepared call (videoconv/ops/_direct.py) -----------------------
 

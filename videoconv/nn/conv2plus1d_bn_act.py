@@ -79,7 +79,9 @@ class Conv2Plus1dBNAct(FusedModuleBase):
     :class:`Conv3dBNAct` (:func:`videoconv.ops.conv3d_bn_act_train`: statistics from the
     convolution's epilogue, ``nn.BatchNorm3d``'s running-stat updates, analytic backward). The
     intermediate is materialised between the stages: its BatchNorm needs the statistics of the
-    whole first convolution before the second can start.
+    whole first convolution before the second can start. ``forward(x, residual=None)``: a
+    residual that is not of the output's size, dtype and device is added as in
+    :class:`Conv3dBNAct`, after the second stage, as eager's ``+`` adds it.
 
     The original modules are submodules (default names ``conv1``, ``bn1``, ``conv2``, ``bn2``;
     :meth:`from_modules` takes other, possibly dotted, names: ``fuse()`` uses ``"0.0"``,
@@ -217,6 +219,9 @@ class Conv2Plus1dBNAct(FusedModuleBase):
         if self._batch_stats(bn1) or self._batch_stats(bn2):
             self._forget_fold()
             h = self._stage(x, conv1, bn1, None, "conv1")
+            if self._residual_apart(x, residual, self._stages_args(conv1, conv2)):
+                return self._add_apart(self._stage(h, conv2, bn2, None, "conv2", "identity"),
+                                       residual)
             return self._stage(h, conv2, bn2, residual, "conv2")
         if self.backend is None:  # the common case, without a context manager per call
             return self._eval_forward(x, residual, conv1, bn1, conv2, bn2)
@@ -233,6 +238,15 @@ class Conv2Plus1dBNAct(FusedModuleBase):
             return out
         scale1, shift1, scale2, shift2 = self.folded()
         temporal_first, stride, padding = self._unit_args(conv1, conv2)
+        if self._residual_apart(x, residual, self._stages_args(conv1, conv2)):
+            # The unit's op has one activation for both stages: here the stages run apart.
+            with self._backend_context():
+                h = ops.conv3d_bn_act(x, conv1.weight, scale1, shift1,
+                                      *self._conv_args(conv1, "conv1"), conv1.groups,
+                                      self.activation)
+                y = ops.conv3d_bn_act(h, conv2.weight, scale2, shift2,
+                                      *self._conv_args(conv2, "conv2"), conv2.groups, "identity")
+            return self._add_apart(y, residual)
         out = call_conv2plus1d_bn_act(
             self._direct_plan(), x, conv1.weight, scale1, shift1, conv2.weight, scale2, shift2,
             stride, padding, self.activation, temporal_first, residual)
@@ -259,16 +273,21 @@ class Conv2Plus1dBNAct(FusedModuleBase):
                 ) + self._fold_constants()
 
     def _stage(self, x: Tensor, conv: nn.Conv3d, bn: Optional[nn.BatchNorm3d],
-               residual: Optional[Tensor], role: str) -> Tensor:
+               residual: Optional[Tensor], role: str, activation: Optional[str] = None) -> Tensor:
         """One conv -> BN -> act stage of the unit outside eval-mode folding: batch statistics
-        on the fused training path, else (no BatchNorm) the fused op with the fold."""
+        on the fused training path, else (no BatchNorm) the fused op with the fold.
+        ``activation``: the unit's unless given."""
         args = self._conv_args(conv, role)
+        activation = self.activation if activation is None else activation
         if self._batch_stats(bn):
-            return self._conv_bn_train(x, conv, bn, residual, args)
+            return self._conv_bn_train(x, conv, bn, residual, args, activation)
         scale, shift = fold_conv_bn(conv, bn)
         with self._backend_context():
             return ops.conv3d_bn_act(x, conv.weight, scale, shift, *args, conv.groups,
-                                     self.activation, residual)
+                                     activation, residual)
+
+    def _stages_args(self, conv1: nn.Conv3d, conv2: nn.Conv3d) -> tuple:
+        return ((conv1, self._conv_args(conv1, "conv1")), (conv2, self._conv_args(conv2, "conv2")))
 
     def extra_repr(self) -> str:
         s = (f"activation={self.activation!r}, temporal_first={self.temporal_first}, "

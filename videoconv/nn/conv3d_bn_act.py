@@ -85,8 +85,10 @@ class Conv3dBNAct(FusedModuleBase):
         batch_norm (bool): False for a conv(+bias) -> activation unit without BatchNorm.
         device, dtype: factory kwargs.
 
-    ``forward(x, residual=None)``; ``residual`` is added before the activation. Bad inputs raise
-    the op's errors. ``module.backend`` (a backend name or None) forces the backend of the op.
+    ``forward(x, residual=None)``; ``residual`` is added before the activation, inside the fused
+    op when it is of the output's size, dtype and device, else (a tensor that broadcasts, or
+    of another dtype: what eager's ``+`` in a model ``fuse()`` converted accepts) after it, as
+    ``+`` adds it, with the activation after that. Bad inputs raise the op's errors. ``module.backend`` (a backend name or None) forces the backend of the op.
     """
 
     _roles = ("conv", "bn")
@@ -171,7 +173,11 @@ class Conv3dBNAct(FusedModuleBase):
             # BatchNorm training semantics (batch statistics, running-stat update) on the fused
             # path: conv + statistics in one op, then one element-wise step.
             self._forget_fold()
-            return self._conv_bn_train(x, conv, bn, residual, self._conv_args(conv))
+            args = self._conv_args(conv)
+            if self._residual_apart(x, residual, ((conv, args),)):
+                return self._add_apart(self._conv_bn_train(x, conv, bn, None, args, "identity"),
+                                       residual)
+            return self._conv_bn_train(x, conv, bn, residual, args)
         if self.backend is None:  # the common case, without a context manager per call
             return self._eval_forward(x, residual, conv, bn)
         with self._backend_context():
@@ -186,6 +192,11 @@ class Conv3dBNAct(FusedModuleBase):
             return out
         scale, shift = self.folded()
         stride, padding, dilation = self._conv_args(conv)
+        if self._residual_apart(x, residual, ((conv, (stride, padding, dilation)),)):
+            # (Never prepared: the fast path above only holds calls whose residual fitted.)
+            return self._add_apart(call_conv3d_bn_act(
+                self._direct_plan(), x, conv.weight, scale, shift, stride, padding, dilation,
+                conv.groups, "identity", None), residual)
         out = call_conv3d_bn_act(self._direct_plan(), x, conv.weight, scale, shift, stride,
                                  padding, dilation, conv.groups, self.activation, residual)
         if keep is not None and x.shape[0] > 0:

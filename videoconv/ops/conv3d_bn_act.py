@@ -83,6 +83,13 @@ def conv3d_bn_act(
     empty output of the right size. Invalid arguments raise ``RuntimeError``/``ValueError``
     naming the problem (see ``videoconv/ops/_validation.py``).
 
+    Non-finite inputs (NaN, inf) are the one place where the fused backends and the eager chain
+    may differ, as cuDNN's and oneDNN's fused epilogues do: on the ``cpu`` backend a ReLU run as
+    oneDNN's post-op turns NaN into 0 (ATen's ``relu`` keeps NaN), and the Winograd route spreads
+    a non-finite input value over every output of the tiles that read it (its transforms add up
+    whole tiles, where 0 * inf is NaN). The ``reference`` backend propagates them as eager does.
+    Finite inputs are not affected.
+
     The implementation is chosen per call among :data:`videoconv.backends.PRIORITY`; force
     one with ``videoconv.backends.use(name)`` or the ``VIDEOCONV_BACKEND`` environment variable.
     The op is ``torch.ops.videoconv.conv3d_bn_act``; it supports autograd (all tensor inputs),
