@@ -88,7 +88,8 @@ class Conv3dBNAct(FusedModuleBase):
     ``forward(x, residual=None)``; ``residual`` is added before the activation, inside the fused
     op when it is of the output's size, dtype and device, else (a tensor that broadcasts, or
     of another dtype: what eager's ``+`` in a model ``fuse()`` converted accepts) after it, as
-    ``+`` adds it, with the activation after that. Bad inputs raise the op's errors. ``module.backend`` (a backend name or None) forces the backend of the op.
+    ``+`` adds it, with the activation after that. Bad inputs raise the op's errors.
+    ``module.backend`` (a backend name or None) forces the backend of the op.
     """
 
     _roles = ("conv", "bn")
