@@ -47,8 +47,11 @@ RESULTS = ("bench", "train", "providers", "bound", "layers")
 DEVICES = (("cpu", "CPU"), ("cuda", "GPU"))
 
 
-#: the README's summary table: (machine, result name), one row group per machine; the CPU model
-#: name is the same on every machine here (a VM's "AMD EPYC"), so the label says which it was
+#: the README's summary table: (machine, result name), one row group per machine. The CPU model
+#: name is the same on every machine here (a VM's "AMD EPYC"): the label comes from the result's
+#: recorded generation and features (environment "cpu", videoconv.bench.environment.machine_label)
+#: where it has them, so a `make bench` rerun on another CPU is labelled as what it ran on; these
+#: labels are for the results recorded before that.
 SUMMARY = (
     ("Zen 4, AVX512-BF16", "bench_cpu"),
     ("Zen 3, AVX2 only", "bench_avx2_cpu"),
@@ -62,6 +65,8 @@ def summary_table() -> str:
     """Whole models, forward: the fused model (videoconv-cpu) against eager, with its paired
     interval where the run has one, and in parentheses torch.compile / OpenVINO, per machine
     and dtype, exactly as the result files have them."""
+    from videoconv.bench.environment import machine_label
+
     lines = ["| machine (result file, rev) | dtype | " + " | ".join(SUMMARY_MODELS) + " |",
              "| --- | --- | " + " | ".join("---:" for _ in SUMMARY_MODELS) + " |"]
     for machine, name in SUMMARY:
@@ -70,7 +75,7 @@ def summary_table() -> str:
         env = result["environment"]
         rows = {(r["model"], r["dtype"], r["provider"]): r for r in result["rows"]
                 if r["level"] == "model" and r["mode"] == "fwd"}
-        label = f"{machine} (`{name}`, {env['git_revision']}"
+        label = f"{machine_label(env.get('cpu')) or machine} (`{name}`, {env['git_revision']}"
         label += f", {env['rounds']} rounds)" if env.get("rounds") else ")"
         for dt in ("float32", "bfloat16"):
             if not any(k[1] == dt for k in rows):

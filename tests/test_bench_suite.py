@@ -314,3 +314,45 @@ def test_default_cpu_workload_leaves_out_emulated_bfloat16(native, monkeypatch):
         assert defaults["dtypes"] == ("float32",)
         assert "oneDNN has no bfloat16 convolution" in defaults["note"]
         assert "--dtype float32,bfloat16" in defaults["note"]
+
+
+_CPUINFO = {
+    "zen5": ({"vendor_id": "AuthenticAMD", "cpu family": "26", "model": "2",
+              "flags": "fpu avx2 fma avx512f avx512bw avx512_bf16"}, "Zen 5", "Zen 5, AVX512-BF16"),
+    "zen4": ({"vendor_id": "AuthenticAMD", "cpu family": "25", "model": "17",
+              "flags": "avx2 fma avx512f avx512_bf16"}, "Zen 4", "Zen 4, AVX512-BF16"),
+    "zen3": ({"vendor_id": "AuthenticAMD", "cpu family": "25", "model": "1", "flags": "avx2 fma"},
+             "Zen 3", "Zen 3, AVX2"),
+    "sapphire_rapids": ({"vendor_id": "GenuineIntel", "cpu family": "6", "model": "143",
+                         "flags": "avx2 avx512f avx512_bf16 amx_bf16 amx_tile"},
+                        "Sapphire Rapids", "Sapphire Rapids, AMX"),
+    "unknown": ({"vendor_id": "AuthenticAMD", "cpu family": "99", "model": "7", "flags": "sse2"},
+                "family 99 model 7", "family 99 model 7, no AVX2"),
+    "no_cpuinfo": ({}, None, None),
+}
+
+
+@pytest.mark.parametrize("case", list(_CPUINFO))
+def test_results_name_the_cpu_generation(monkeypatch, case):
+    """A VM's model name ("AMD EPYC") does not say which generation ran a result: the
+    environment records it, and the README's summary labels results by it."""
+    from videoconv.bench import environment as env_mod
+
+    fields, name, label = _CPUINFO[case]
+    monkeypatch.setattr(env_mod, "_cpuinfo", lambda: dict(fields))
+    cpu = env_mod.cpu_microarchitecture()
+    assert cpu["name"] == name
+    assert env_mod.machine_label(cpu) == label
+    env = env_mod.environment(torch.device("cpu"))
+    assert env["cpu"] == cpu
+    assert (name in env["device"]) if name else env["device"].startswith(env_mod.cpu_name() + " (")
+    assert env_mod.machine_label(None) is None  # results recorded before the field
+
+
+def test_cpuinfo_of_this_machine_is_read():
+    from videoconv.bench.environment import cpu_microarchitecture
+
+    cpu = cpu_microarchitecture()
+    if platform.machine() in ("x86_64", "AMD64") and sys.platform.startswith("linux"):
+        assert cpu["vendor"] in ("AuthenticAMD", "GenuineIntel") and cpu["family"] is not None
+        assert ("avx2" in cpu["features"]) == (torch.backends.cpu.get_cpu_capability() != "DEFAULT")
