@@ -116,3 +116,22 @@ def test_fused_random_graph_matches_float64(seed, mode):
     for key, value in theirs.items():
         if "running" in key:
             assert (ours[key].double() - value).abs().max().item() <= 1e-5, key
+
+
+@pytest.mark.parametrize("seed", _SEEDS[::3], ids=[f"{s}-{_kinds(s)}" for s in _SEEDS[::3]])
+def test_fused_random_graph_bfloat16_channels_last(seed):
+    """The same graphs in bfloat16 on channels_last_3d input (the cpu backend's fast routes),
+    eval: against float64 within bfloat16's rounding, and in the layout eager gives."""
+    net = _graph(seed)
+    reference = copy.deepcopy(net).double()
+    eager = copy.deepcopy(net).to(torch.bfloat16)
+    fused = videoconv.fuse(net).to(torch.bfloat16)
+    x = torch.randn(2, _C, 3, 6, 6, generator=torch.Generator().manual_seed(seed))
+    x16 = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        expected = reference(x.double())
+        y = fused(x16)
+        layout = eager(x16).is_contiguous(memory_format=torch.channels_last_3d)
+    assert y.dtype == torch.bfloat16
+    assert y.is_contiguous(memory_format=torch.channels_last_3d) == layout
+    assert (y.double() - expected).abs().max().item() <= 3e-2 * expected.abs().max().item()
