@@ -304,7 +304,7 @@ def test_residual_the_op_cannot_add_is_added_as_eager_adds_it(name, make, dtype,
                 assert y.dtype == torch.promote_types(dtype, r.dtype)
                 assert _rel(y.double(), expected) < tol
         return
-    xf, xr = (x.to(dtype).clone().requires_grad_(), x.double().clone().requires_grad_())
+    xf, xr = x.to(dtype).clone().requires_grad_(), x.double().clone().requires_grad_()
     rf, rr = r.clone().requires_grad_(), r.double().clone().requires_grad_()
     y, expected = fused(xf, rf), run(ref, xr, rr)
     assert y.dtype == torch.promote_types(dtype, r.dtype)
