@@ -105,34 +105,42 @@ def test_small_1x1x1_convs_match_float64(case, dtype, layout, with_residual, act
     assert torch.equal(again, y)
 
 
-# oneDNN's prepacked bfloat16 convolution returned garbage (off by the largest output, up to
-# inf and NaN, different from run to run) on one input channel per group, one input frame and
-# kt, kw > 1 (cpu._bf16_prepacked_unsafe); the neighbours that were right stay in the grid so
-# that a wider failure shows up here too. (C_in, groups, C_out, (D, H, W), kernel, padding)
-ONE_CHANNEL_PER_GROUP_CASES = [
-    (1, 1, 32, (1, 9, 9), (3, 3, 3), (1, 1, 1)), (1, 1, 32, (1, 14, 14), (5, 1, 5), (2, 0, 2)),
-    (1, 1, 32, (1, 1, 9), (3, 1, 3), (1, 0, 1)), (1, 1, 32, (1, 2, 2), (5, 5, 5), (2, 2, 2)),
-    (1, 1, 32, (1, 16, 16), (3, 7, 7), (1, 3, 3)), (1, 1, 1, (1, 9, 7), (3, 3, 5), (2, 1, 0)),
-    (24, 24, 48, (1, 9, 7), (3, 3, 5), (2, 1, 0)), (8, 8, 24, (1, 9, 7), (3, 1, 3), (1, 0, 1)),
-    # right before the fix too (the depthwise one is routed around anyway)
-    (32, 32, 32, (1, 9, 9), (3, 3, 3), (1, 1, 1)),
-    (1, 1, 32, (1, 9, 9), (3, 3, 1), (1, 1, 0)), (1, 1, 32, (1, 9, 9), (5, 1, 1), (2, 0, 0)),
-    (1, 1, 32, (2, 9, 9), (3, 3, 3), (1, 1, 1)), (2, 1, 32, (1, 9, 9), (3, 3, 3), (1, 1, 1)),
-    (3, 1, 32, (1, 16, 16), (3, 7, 7), (1, 3, 3)), (24, 24, 48, (2, 9, 7), (3, 3, 5), (2, 1, 0)),
+# oneDNN's convolution with a prepacked weight returned garbage (off by the largest output, up to
+# inf and NaN, different from run to run) on degenerate shapes (cpu._prepacked_unsafe): bfloat16
+# with one input channel per group on one input frame, and a single output column from a strided
+# W. Neighbours that were right stay in the grid, so that a wider failure shows up here too.
+# (C_in, groups, C_out, (D, H, W), kernel, stride, padding)
+DEGENERATE_CASES = [
+    # one input channel per group, one frame
+    (1, 1, 32, (1, 9, 9), (3, 3, 3), 1, (1, 1, 1)), (1, 1, 32, (1, 14, 14), (5, 1, 5), 1, (2, 0, 2)),
+    (1, 1, 32, (1, 1, 9), (3, 1, 3), 1, (1, 0, 1)), (1, 1, 32, (1, 2, 2), (5, 5, 5), 1, (2, 2, 2)),
+    (1, 1, 32, (1, 16, 16), (3, 7, 7), (1, 2, 2), (1, 3, 3)), (1, 1, 1, (1, 9, 7), (3, 3, 5), 1, (2, 1, 0)),
+    (24, 24, 48, (1, 9, 7), (3, 3, 5), 1, (2, 1, 0)), (8, 8, 24, (1, 9, 7), (3, 1, 3), 1, (1, 0, 1)),
+    (2, 2, 4, (1, 6, 8), (3, 3, 3), 1, (1, 1, 1)), (32, 32, 32, (1, 9, 9), (3, 3, 3), 1, (1, 1, 1)),
+    # one output column from a strided W (float32 too)
+    (1, 1, 16, (1, 6, 1), (1, 1, 3), (1, 1, 2), (0, 0, 1)), (1, 1, 16, (2, 6, 1), (3, 3, 3), (1, 1, 2), (1, 1, 1)),
+    (1, 1, 16, (1, 7, 3), (1, 1, 3), (1, 1, 2), (0, 0, 0)), (16, 1, 16, (2, 5, 3), (3, 3, 3), (1, 1, 2), (1, 1, 0)),
+    # right before the fix too
+    (1, 1, 32, (1, 9, 9), (3, 3, 1), 1, (1, 1, 0)), (1, 1, 32, (2, 9, 9), (3, 3, 3), 1, (1, 1, 1)),
+    (2, 1, 32, (1, 9, 9), (3, 3, 3), 1, (1, 1, 1)), (3, 1, 32, (1, 16, 16), (3, 7, 7), 1, (1, 3, 3)),
+    (24, 24, 48, (2, 9, 7), (3, 3, 5), 1, (2, 1, 0)), (16, 1, 16, (2, 5, 8), (3, 3, 3), (1, 1, 2), (1, 1, 1)),
 ]
 
 
 def _case_id(case):
-    c_in, groups, c_out, size, kernel, _ = case
-    return "{}to{}g{}-d{}-k{}".format(c_in, c_out, groups, size[0], "x".join(map(str, kernel)))
+    c_in, groups, c_out, size, kernel, stride, _ = case
+    return "{}to{}g{}-{}-k{}-s{}".format(c_in, c_out, groups, "x".join(map(str, size)),
+                                         "x".join(map(str, kernel)), stride if isinstance(stride, int)
+                                         else "x".join(map(str, stride)))
 
 
 @pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("dtype", CPU_DTYPES, ids=_ids)
-@pytest.mark.parametrize("case", ONE_CHANNEL_PER_GROUP_CASES, ids=_case_id)
-def test_onednn_bf16_one_channel_per_group_one_frame(case, dtype, layout, with_residual):
-    c_in, groups, c_out, size, kernel, padding = case
+@pytest.mark.parametrize("case", DEGENERATE_CASES, ids=_case_id)
+def test_prepacked_onednn_degenerate_shapes(case, dtype, layout, with_residual):
+    c_in, groups, c_out, size, kernel, stride, padding = case
+    stride = (stride,) * 3 if isinstance(stride, int) else stride
     gen = torch.Generator().manual_seed(0)
     fmt = LAYOUTS[layout]
     x = torch.randn(2, c_in, *size, generator=gen).to(dtype).contiguous(memory_format=fmt)
@@ -140,16 +148,18 @@ def test_onednn_bf16_one_channel_per_group_one_frame(case, dtype, layout, with_r
     w = (torch.randn(c_out, c_in // groups, *kernel, generator=gen) / fan_in ** 0.5).to(dtype)
     scale = (torch.rand(c_out, generator=gen) + 0.5).to(dtype)
     shift = torch.randn(c_out, generator=gen).to(dtype)
-    out = [s + 2 * p - k + 1 for s, p, k in zip(size, padding, kernel)]
+    out = [(n + 2 * p - k) // s + 1 for n, p, k, s in zip(size, padding, kernel, stride)]
     residual = (torch.randn(2, c_out, *out, generator=gen).to(dtype).contiguous(memory_format=fmt)
                 if with_residual else None)
-    expected = oracle_conv3d_bn_act(x, w, scale, shift, 1, padding, 1, groups, "relu", residual)
+    expected = oracle_conv3d_bn_act(x, w, scale, shift, stride, padding, 1, groups, "relu",
+                                    residual)
     atol, rtol = _TOL[dtype]
     # The failure read uninitialised memory: several calls, each through a freshly packed weight.
     for _ in range(3):
         cpu_backend.pack_cache.clear()
         with backends.use("cpu"):
-            y = conv3d_bn_act(x, w, scale, shift, 1, padding, 1, groups, "relu", residual)
+            y = conv3d_bn_act(x, w, scale, shift, stride, padding, 1, groups, "relu", residual)
+        assert list(y.shape) == [2, c_out] + out
         _check_layout(y, x)
         torch.testing.assert_close(y.double(), expected, atol=atol, rtol=rtol)
 

@@ -128,25 +128,33 @@ def _widened(dtype: torch.dtype) -> bool:
     return dtype == torch.bfloat16 and not onednn_bf16_supported()
 
 
-def _bf16_prepacked_unsafe(key) -> bool:
-    """Whether oneDNN's prepacked bfloat16 convolution gives wrong results for ``key``: one input
-    channel per group (a single-channel stem, or a grouped conv with C_in == groups), a single
-    input frame (D == 1) and a kernel with kt > 1 and kw > 1, e.g. one grayscale frame through a
-    (3, 7, 7) stem, or X3D's depthwise convs on one frame.
+def _prepacked_unsafe(key) -> bool:
+    """Whether oneDNN's convolution with a prepacked weight may give wrong results for ``key``.
+    Two kinds, found by grids of small convolutions against float64 on this project's Zen 5
+    (torch 2.13.0, oneDNN 3.12; tests/test_backend_cpu.py keeps a sample of each,
+    ``test_prepacked_onednn_degenerate_shapes``):
 
-    There, ``_convolution_pointwise`` with a weight from ``_reorder_convolution_weight`` (oneDNN's
-    ``brg_conv_fwd:avx512_core_bf16``, forward_inference; torch 2.13.0's oneDNN 3.12) returned
-    garbage: values off by the largest output or more, up to inf and NaN, different from run to
-    run (uninitialised memory). Eager ``F.conv3d`` takes another kernel (``jit_bf16``) and is
-    right. float32, D >= 2, kt == 1, kw == 1, and two or more input channels per group were right
-    in every case tried; so were depthwise convs with one output per group (oneDNN's
-    ``brdgmm_dw`` kernel), which are included anyway: a one-frame input is not where the speed
-    is. tests/test_backend_cpu.py (``test_onednn_bf16_one_channel_per_group_one_frame``) has the
-    grid. These convolutions take the "onednn-f32" route: the weight rounded to bfloat16 as usual,
-    the arithmetic in float32, the result rounded once."""
-    (dtype, _, _, wshape), _, _, _, _, input_size = key
-    return (dtype == torch.bfloat16 and wshape[1] == 1 and input_size[2] == 1
-            and wshape[2] > 1 and wshape[4] > 1)
+    * bfloat16 with one input channel per group (a single-channel stem, a grouped or depthwise
+      conv) on a single input frame (D == 1): ``_convolution_pointwise`` with a weight from
+      ``_reorder_convolution_weight`` (``brg_conv_fwd:avx512_core_bf16``, forward_inference)
+      returned garbage, off by the largest output or more, up to inf and NaN, different from
+      run to run (uninitialised memory). E.g. one grayscale frame through a (3, 7, 7) stem, or
+      X3D's depthwise convs on one frame. ``torch.compile`` with freezing runs the same
+      prepacked call and gets the same wrong answer (0.77 off on a 1 -> 32 (3, 3, 3) conv of
+      one frame); eager bfloat16 ``F.conv3d`` is wrong on some of them too (depthwise with two
+      outputs per group, channels_last_3d);
+    * a single output column from a strided W (W_out == 1, stride_w > 1), float32 too (NaN
+      with C_in == 1): pytorch/pytorch#169688 reports this class on AMX CPUs.
+
+    They take the "aten-f32" route: ATen's ``F.conv3d`` in float32 on the folded weight (rounded
+    to the dtype first, as on every route), the epilogue in float32 and one rounding, which was
+    right on every failing case of the grids (eager float32 convolution does not use the
+    prepacked call). These shapes are degenerate: nothing is lost by leaving oneDNN's fast
+    kernels there."""
+    (dtype, _, _, wshape), stride, padding, dilation, _, input_size = key
+    w_out = (input_size[4] + 2 * padding[2] - dilation[2] * (wshape[4] - 1) - 1) // stride[2] + 1
+    return ((dtype == torch.bfloat16 and wshape[1] == 1 and input_size[2] == 1)
+            or (w_out == 1 and stride[2] > 1))
 
 
 class _Entry:
@@ -617,7 +625,8 @@ def _pack(weight, scale, shift, cache_key):
     # cache_key = (key, route): the route ("winograd" (F(4x4)), "winograd-7x7", "pointwise",
     # "pointwise-f32" (the AVX2 1x1x1 kernel computing a bfloat16 convolution in float32),
     # "onednn", "onednn-2d" (a temporal convolution as a 2-D one, _use_temporal_2d) or
-    # "onednn-f32" (oneDNN computing a bfloat16 convolution in float32)) is part of what the
+    # "onednn-f32" (oneDNN computing a bfloat16 convolution in float32) or "aten-f32" (ATen's
+    # convolution in float32, _prepacked_unsafe)) is part of what the
     # cache compares, so that a weight packed for one kernel is never handed to another after
     # WINOGRAD, WINOGRAD_7X7, POINTWISE, a limit or the vector width (_cpu_vector_lanes) is
     # changed at run time.
@@ -644,6 +653,8 @@ def _pack(weight, scale, shift, cache_key):
             packed = torch.ops.mkldnn._reorder_convolution_weight(
                 w2d, [padding[0], 0], [stride[0], 1], [dilation[0], 1], groups, [n, c, d, h * wd])
             return packed, bias
+        if route == "aten-f32":  # a plain float32 weight holding the weight rounded to dtype
+            return w.to(dtype).float().contiguous(), shift.detach().float().contiguous()
         if route == "onednn-f32":  # rounded to bfloat16 as above, computed in float32
             w, bias = w.float(), shift.detach().float().contiguous()
         w = w.contiguous(memory_format=torch.channels_last_3d)
@@ -711,8 +722,8 @@ def _prepare(weight, scale, shift, stride, padding, dilation, groups, activation
            tuple(dilation), groups, tuple(input_size))
     route = (("winograd-7x7" if _winograd_tile(key) == 7 else "winograd") if _use_winograd(key)
              else _pointwise_route(weight.dtype) if _use_pointwise(key)
-             else "onednn-f32" if ((_widened(weight.dtype) or _bf16_prepacked_unsafe(key))
-                                   and not _is_small_gemm(key))
+             else "aten-f32" if _prepacked_unsafe(key) and not _is_small_gemm(key)
+             else "onednn-f32" if _widened(weight.dtype) and not _is_small_gemm(key)
              else "onednn-2d" if _use_temporal_2d(key)
              else "onednn")
     packed, bias = pack_cache.get(weight, scale, shift, (key, route))
@@ -770,6 +781,21 @@ def _prepare(weight, scale, shift, stride, padding, dilation, groups, activation
             y = y.permute(0, 2, 3, 1).reshape(n, y.shape[2], h, w, c_out).permute(0, 4, 1, 2, 3)
             return finish(y)
         return conv_2d
+
+    if route == "aten-f32":
+        dtype = weight.dtype
+
+        def conv_aten(x, residual):
+            # Exact widening in, float32 convolution and epilogue, one rounding out.
+            y = F.conv3d(x.float(), packed, bias, stride, padding, dilation, groups)
+            if residual is not None:
+                y += residual.float()
+            if activation == "relu":
+                y.relu_()
+            elif activation == "silu":
+                F.silu(y, inplace=True)
+            return finish(y.to(dtype))
+        return conv_aten
 
     if route == "onednn-f32":
         dtype = weight.dtype
