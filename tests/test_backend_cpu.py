@@ -106,7 +106,7 @@ def test_small_1x1x1_convs_match_float64(case, dtype, layout, with_residual, act
 
 
 # oneDNN's convolution with a prepacked weight returned garbage (off by the largest output, up to
-# inf and NaN, different from run to run) on degenerate shapes (cpu._prepacked_unsafe): bfloat16
+# inf and NaN, different from run to run) on degenerate shapes (cpu._onednn_unsafe): bfloat16
 # with one input channel per group on one input frame, and a single output column from a strided
 # W. Neighbours that were right stay in the grid, so that a wider failure shows up here too.
 # (C_in, groups, C_out, (D, H, W), kernel, stride, padding)
@@ -138,7 +138,7 @@ def _case_id(case):
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("dtype", CPU_DTYPES, ids=_ids)
 @pytest.mark.parametrize("case", DEGENERATE_CASES, ids=_case_id)
-def test_prepacked_onednn_degenerate_shapes(case, dtype, layout, with_residual):
+def test_onednn_degenerate_shapes(case, dtype, layout, with_residual):
     c_in, groups, c_out, size, kernel, stride, padding = case
     stride = (stride,) * 3 if isinstance(stride, int) else stride
     gen = torch.Generator().manual_seed(0)
@@ -162,6 +162,44 @@ def test_prepacked_onednn_degenerate_shapes(case, dtype, layout, with_residual):
         assert list(y.shape) == [2, c_out] + out
         _check_layout(y, x)
         torch.testing.assert_close(y.double(), expected, atol=atol, rtol=rtol)
+
+
+# The training path's convolution (conv3d_bn_stats: oneDNN with the plain weight) was wrong on
+# some of them too: depthwise with two outputs per group on channels_last_3d, one output column.
+DEGENERATE_TRAINING_CASES = [
+    (8, 8, 16, (1, 6, 6), (3, 3, 3), 1, (1, 1, 1)), (8, 8, 16, (1, 6, 1), (1, 3, 3), (1, 1, 2), (0, 1, 1)),
+    (2, 2, 4, (1, 6, 1), (1, 1, 3), (1, 1, 2), (0, 0, 1)), (1, 1, 16, (2, 6, 1), (3, 3, 3), (1, 1, 2), (1, 1, 1)),
+    # right before the fix too
+    (8, 8, 16, (2, 6, 6), (1, 3, 3), 1, (0, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("dtype", CPU_DTYPES, ids=_ids)
+@pytest.mark.parametrize("case", DEGENERATE_TRAINING_CASES, ids=_case_id)
+def test_onednn_degenerate_shapes_in_training(case, dtype, layout):
+    """Train-mode BatchNorm (videoconv.ops.conv3d_bn_stats underneath): output and running
+    statistics against the float64 chain."""
+    import copy
+
+    from videoconv.nn import Conv3dBNAct
+
+    c_in, groups, c_out, size, kernel, stride, padding = case
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(c_in, c_out, kernel, stride, padding, groups=groups, bias=False)
+    bn = torch.nn.BatchNorm3d(c_out)
+    chain = copy.deepcopy(torch.nn.Sequential(conv, bn, torch.nn.ReLU())).double().train()
+    module = Conv3dBNAct.from_modules(conv, bn, "relu").train().to(dtype)
+    x = torch.randn(4, c_in, *size)
+    with backends.use("cpu"):
+        y = module(x.to(dtype).contiguous(memory_format=LAYOUTS[layout]))
+    expected = chain(x.double())
+    atol, rtol = _TOL[dtype]
+    torch.testing.assert_close(y.double(), expected, atol=atol, rtol=rtol)
+    torch.testing.assert_close(module.bn.running_mean.double(), chain[1].running_mean,
+                               atol=atol, rtol=rtol)
+    torch.testing.assert_close(module.bn.running_var.double(), chain[1].running_var,
+                               atol=atol, rtol=rtol)
 
 
 @pytest.mark.parametrize("act", ACTS)

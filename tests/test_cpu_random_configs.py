@@ -6,7 +6,7 @@ rules on the shape, and the fixed tables of test_backend_cpu.py cannot cover eve
 of those rules with strides, dilations, groups, odd sizes, layouts and residuals. These draw the
 combinations instead (a fixed seed per case, so a failure names a case that reproduces), through
 the op and through the module's prepared call. Such a sweep found the first of the shapes
-``cpu._prepacked_unsafe`` now routes around (oneDNN returned garbage for one input channel and
+``cpu._onednn_unsafe`` now routes around (oneDNN returned garbage for one input channel and
 one input frame).
 """
 

@@ -128,11 +128,13 @@ def _widened(dtype: torch.dtype) -> bool:
     return dtype == torch.bfloat16 and not onednn_bf16_supported()
 
 
-def _prepacked_unsafe(key) -> bool:
-    """Whether oneDNN's convolution with a prepacked weight may give wrong results for ``key``.
-    Two kinds, found by grids of small convolutions against float64 on this project's Zen 5
-    (torch 2.13.0, oneDNN 3.12; tests/test_backend_cpu.py keeps a sample of each,
-    ``test_prepacked_onednn_degenerate_shapes``):
+def _onednn_unsafe(key) -> bool:
+    """Whether oneDNN's convolution through ``_convolution_pointwise`` may give wrong results
+    for ``key``, with a prepacked weight (the eval routes) or, for some, with the plain weight
+    too (the training path's ``conv3d_bn_stats``). Two kinds, found by grids of small
+    convolutions against float64 on this project's Zen 5 (torch 2.13.0, oneDNN 3.12;
+    tests/test_backend_cpu.py keeps a sample of each, ``test_onednn_degenerate_shapes`` and
+    ``test_onednn_degenerate_shapes_in_training``):
 
     * bfloat16 with one input channel per group (a single-channel stem, a grouped or depthwise
       conv) on a single input frame (D == 1): ``_convolution_pointwise`` with a weight from
@@ -141,16 +143,16 @@ def _prepacked_unsafe(key) -> bool:
       run to run (uninitialised memory). E.g. one grayscale frame through a (3, 7, 7) stem, or
       X3D's depthwise convs on one frame. ``torch.compile`` with freezing runs the same
       prepacked call and gets the same wrong answer (0.77 off on a 1 -> 32 (3, 3, 3) conv of
-      one frame); eager bfloat16 ``F.conv3d`` is wrong on some of them too (depthwise with two
-      outputs per group, channels_last_3d);
+      one frame); eager bfloat16 ``F.conv3d`` is wrong on some of them too, and so is the
+      plain-weight call (depthwise with two outputs per group, channels_last_3d);
     * a single output column from a strided W (W_out == 1, stride_w > 1), float32 too (NaN
       with C_in == 1): pytorch/pytorch#169688 reports this class on AMX CPUs.
 
     They take the "aten-f32" route: ATen's ``F.conv3d`` in float32 on the folded weight (rounded
     to the dtype first, as on every route), the epilogue in float32 and one rounding, which was
-    right on every failing case of the grids (eager float32 convolution does not use the
-    prepacked call). These shapes are degenerate: nothing is lost by leaving oneDNN's fast
-    kernels there."""
+    right on every failing case of the grids (eager float32 convolution does not use
+    ``_convolution_pointwise``); in training, the same float32 convolution rounded to the dtype.
+    These shapes are degenerate: nothing is lost by leaving oneDNN's fast kernels there."""
     (dtype, _, _, wshape), stride, padding, dilation, _, input_size = key
     w_out = (input_size[4] + 2 * padding[2] - dilation[2] * (wshape[4] - 1) - 1) // stride[2] + 1
     return ((dtype == torch.bfloat16 and wshape[1] == 1 and input_size[2] == 1)
@@ -626,7 +628,7 @@ def _pack(weight, scale, shift, cache_key):
     # "pointwise-f32" (the AVX2 1x1x1 kernel computing a bfloat16 convolution in float32),
     # "onednn", "onednn-2d" (a temporal convolution as a 2-D one, _use_temporal_2d) or
     # "onednn-f32" (oneDNN computing a bfloat16 convolution in float32) or "aten-f32" (ATen's
-    # convolution in float32, _prepacked_unsafe)) is part of what the
+    # convolution in float32, _onednn_unsafe)) is part of what the
     # cache compares, so that a weight packed for one kernel is never handed to another after
     # WINOGRAD, WINOGRAD_7X7, POINTWISE, a limit or the vector width (_cpu_vector_lanes) is
     # changed at run time.
@@ -722,7 +724,7 @@ def _prepare(weight, scale, shift, stride, padding, dilation, groups, activation
            tuple(dilation), groups, tuple(input_size))
     route = (("winograd-7x7" if _winograd_tile(key) == 7 else "winograd") if _use_winograd(key)
              else _pointwise_route(weight.dtype) if _use_pointwise(key)
-             else "aten-f32" if _prepacked_unsafe(key) and not _is_small_gemm(key)
+             else "aten-f32" if _onednn_unsafe(key) and not _is_small_gemm(key)
              else "onednn-f32" if _widened(weight.dtype) and not _is_small_gemm(key)
              else "onednn-2d" if _use_temporal_2d(key)
              else "onednn")
@@ -924,10 +926,15 @@ class CpuBackend(Backend):
         fmt = output_memory_format(input)
         x = input.contiguous(memory_format=fmt)
         w = weight
-        if _widened(x.dtype):  # float32 products, rounded once to bfloat16 as eager stores z
-            x, w = x.float(), weight.float()
-        z = torch.ops.mkldnn._convolution_pointwise(
-            x, w, None, list(padding), list(stride), list(dilation), groups, "none", [], "")
+        key = ((x.dtype, x.device, fmt, tuple(w.shape)), tuple(stride), tuple(padding),
+               tuple(dilation), groups, tuple(x.shape))
+        if _onednn_unsafe(key):  # float32 products in ATen, rounded once (see _onednn_unsafe)
+            z = F.conv3d(x.float(), w.float(), None, stride, padding, dilation, groups)
+        else:
+            if _widened(x.dtype):  # float32 products, rounded once to bfloat16 as eager stores z
+                x, w = x.float(), weight.float()
+            z = torch.ops.mkldnn._convolution_pointwise(
+                x, w, None, list(padding), list(stride), list(dilation), groups, "none", [], "")
         z = z.to(input.dtype).contiguous(memory_format=fmt)
         mean, var = torch.ops.videoconv._channel_stats_cpu(z)
         return z, mean, var
