@@ -23,6 +23,7 @@ from videoconv.backends.cpu import CpuBackend
 from videoconv.nn import Conv2Plus1dBNAct, Conv3dBNAct
 from videoconv.ops import conv2plus1d_bn_act, conv3d_bn_act
 
+from reference_impls import randomise_batch_norm
 from test_ops import _TOL, _check_layout, oracle_conv2plus1d, oracle_conv3d_bn_act
 
 pytestmark = pytest.mark.skipif(
@@ -36,6 +37,14 @@ _ACT_MODULES = {"relu": nn.ReLU, "silu": nn.SiLU, "identity": nn.Identity}
 
 def _out(size, k, s, p, d=1):
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _check_outputs(outputs, x, expected, out, atol, rtol):
+    """The op's output and the module's (direct, then prepared): size, dtype, layout, values."""
+    for y in outputs:
+        assert list(y.shape) == out and y.dtype == x.dtype
+        _check_layout(y, x)
+        torch.testing.assert_close(y.double(), expected, atol=atol, rtol=rtol)
 
 
 def _conv_config(seed: int) -> dict:
@@ -97,12 +106,7 @@ def test_random_conv3d_bn_act_matches_float64(seed):
     x = torch.randn(c["n"], c["c_in"], *c["size"], generator=gen).to(dtype).contiguous(memory_format=fmt)
     conv = nn.Conv3d(c["c_in"], c["c_out"], c["kernel"], c["stride"], c["padding"], c["dilation"],
                      c["groups"], bias=c["bias"])
-    bn = nn.BatchNorm3d(c["c_out"])
-    with torch.no_grad():
-        bn.weight.uniform_(0.5, 1.5, generator=gen)
-        bn.bias.uniform_(-0.5, 0.5, generator=gen)
-        bn.running_mean.uniform_(-0.5, 0.5, generator=gen)
-        bn.running_var.uniform_(0.5, 2.0, generator=gen)
+    bn = randomise_batch_norm(nn.BatchNorm3d(c["c_out"]), seed)
     out = [c["n"], c["c_out"]] + [_out(s, k, st, p, d) for s, k, st, p, d in zip(
         c["size"], c["kernel"], c["stride"], c["padding"], c["dilation"])]
     residual = (torch.randn(out, generator=gen).to(dtype).contiguous(memory_format=fmt)
@@ -119,12 +123,7 @@ def test_random_conv3d_bn_act_matches_float64(seed):
                           c["groups"], c["act"], residual)
         # The module: a direct call, then its prepared call (the second).
         through_module = [module(x, residual) for _ in range(2)]
-    assert list(y.shape) == out and y.dtype == dtype
-    _check_layout(y, x)
-    torch.testing.assert_close(y.double(), expected, atol=atol, rtol=rtol)
-    for z in through_module:
-        _check_layout(z, x)
-        torch.testing.assert_close(z.double(), expected, atol=atol, rtol=rtol)
+    _check_outputs([y] + through_module, x, expected, out, atol, rtol)
 
 
 def _unit_config(seed: int) -> dict:
@@ -171,12 +170,8 @@ def test_random_conv2plus1d_bn_act_matches_float64(seed):
                          (c["kt"], 1, 1), (st, 1, 1), (pt, 0, 0), bias=False)
     conv1, conv2 = (temporal, spatial) if c["temporal_first"] else (spatial, temporal)
     bn1, bn2 = nn.BatchNorm3d(c["c_mid"]), nn.BatchNorm3d(c["c_out"])
-    with torch.no_grad():
-        for bn in (bn1, bn2):
-            bn.weight.uniform_(0.5, 1.5, generator=gen)
-            bn.bias.uniform_(-0.5, 0.5, generator=gen)
-            bn.running_mean.uniform_(-0.5, 0.5, generator=gen)
-            bn.running_var.uniform_(0.5, 2.0, generator=gen)
+    randomise_batch_norm(bn1, seed)
+    randomise_batch_norm(bn2, seed + 1)
     act = _ACT_MODULES[c["act"]]
     module = Conv2Plus1dBNAct.from_modules(conv1, bn1, act(), conv2, bn2, act()).eval().to(dtype)
     x = torch.randn(c["n"], c["c_in"], *c["size"], generator=gen).to(dtype).contiguous(memory_format=fmt)
@@ -196,9 +191,4 @@ def test_random_conv2plus1d_bn_act_matches_float64(seed):
         y = conv2plus1d_bn_act(x, w1, s1, b1, w2, s2, b2, c["stride"], c["padding"], c["act"],
                                c["temporal_first"], residual)
         through_module = [module(x, residual) for _ in range(2)]
-    assert list(y.shape) == out and y.dtype == dtype
-    _check_layout(y, x)
-    torch.testing.assert_close(y.double(), expected, atol=atol, rtol=rtol)
-    for z in through_module:
-        _check_layout(z, x)
-        torch.testing.assert_close(z.double(), expected, atol=atol, rtol=rtol)
+    _check_outputs([y] + through_module, x, expected, out, atol, rtol)

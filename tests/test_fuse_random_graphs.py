@@ -20,6 +20,8 @@ import torch.nn as nn
 
 import videoconv
 
+from reference_impls import randomise_batch_norm
+
 _C = 8
 _KINDS = ("conv", "conv", "conv", "bn", "bn", "relu", "silu", "relu6", "identity", "add", "add",
           "add_", "scale")
@@ -72,16 +74,7 @@ class _RandomGraph(nn.Module):
 
 def _graph(seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    net = _RandomGraph(seed).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm3d):
-                m.running_mean.uniform_(-0.3, 0.3, generator=g)
-                m.running_var.uniform_(0.5, 1.5, generator=g)
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.uniform_(-0.3, 0.3, generator=g)
-    return net
+    return randomise_batch_norm(_RandomGraph(seed).eval(), seed)
 
 
 def _kinds(seed: int) -> str:

@@ -236,17 +236,13 @@ class Conv2Plus1dBNAct(FusedModuleBase):
         out, keep = self._eval_fast_path(x, residual, (conv1, bn1, conv2, bn2))
         if out is not None:
             return out
-        scale1, shift1, scale2, shift2 = self.folded()
-        temporal_first, stride, padding = self._unit_args(conv1, conv2)
         if self._residual_apart(x, residual, self._stages_args(conv1, conv2)):
             # The unit's op has one activation for both stages: here the stages run apart.
-            with self._backend_context():
-                h = ops.conv3d_bn_act(x, conv1.weight, scale1, shift1,
-                                      *self._conv_args(conv1, "conv1"), conv1.groups,
-                                      self.activation)
-                y = ops.conv3d_bn_act(h, conv2.weight, scale2, shift2,
-                                      *self._conv_args(conv2, "conv2"), conv2.groups, "identity")
-            return self._add_apart(y, residual)
+            h = self._stage(x, conv1, bn1, None, "conv1")
+            return self._add_apart(self._stage(h, conv2, bn2, None, "conv2", "identity"),
+                                   residual)
+        scale1, shift1, scale2, shift2 = self.folded()
+        temporal_first, stride, padding = self._unit_args(conv1, conv2)
         out = call_conv2plus1d_bn_act(
             self._direct_plan(), x, conv1.weight, scale1, shift1, conv2.weight, scale2, shift2,
             stride, padding, self.activation, temporal_first, residual)
@@ -274,8 +270,9 @@ class Conv2Plus1dBNAct(FusedModuleBase):
 
     def _stage(self, x: Tensor, conv: nn.Conv3d, bn: Optional[nn.BatchNorm3d],
                residual: Optional[Tensor], role: str, activation: Optional[str] = None) -> Tensor:
-        """One conv -> BN -> act stage of the unit outside eval-mode folding: batch statistics
-        on the fused training path, else (no BatchNorm) the fused op with the fold.
+        """One conv -> BN -> act stage of the unit on its own: batch statistics on the fused
+        training path, else the fused op with the fold (no BatchNorm, or a residual the unit's
+        op cannot add).
         ``activation``: the unit's unless given."""
         args = self._conv_args(conv, role)
         activation = self.activation if activation is None else activation
