@@ -202,6 +202,64 @@ def test_onednn_degenerate_shapes_in_training(case, dtype, layout):
                                atol=atol, rtol=rtol)
 
 
+# ATen's bfloat16 weight gradient (oneDNN's jit_bf16 backward-weights kernel) was garbage on
+# some convolutions whose kernel is longer than the input in one dimension (cpu._weight_grad_unsafe),
+# e.g. R3D-18's last stage at 16 frames (3x3x3 on 2 frames). (c_in, groups, c_out, size, kernel,
+# stride, padding, dilation), each wrong in bfloat16 channels_last_3d before the fix.
+LONG_KERNEL_CASES = [
+    (16, 1, 16, (2, 7, 7), (3, 3, 3), 1, (1, 1, 1), 1),
+    (3, 1, 4, (4, 6, 8), (5, 1, 1), 1, (2, 0, 0), 1),
+    (8, 8, 16, (2, 6, 1), (3, 3, 3), (1, 2, 2), (1, 1, 1), 1),
+    (3, 3, 3, (2, 6, 1), (3, 3, 3), (1, 2, 2), (1, 1, 1), 1),
+    (8, 8, 8, (4, 6, 1), (1, 3, 3), (1, 2, 2), (0, 1, 1), 1),
+    (48, 2, 8, (13, 2, 14), (1, 7, 7), (1, 2, 1), (0, 3, 3), 1),
+    (24, 1, 32, (2, 5, 5), (3, 3, 3), (1, 2, 1), (1, 1, 2), (1, 1, 2)),
+    # right before the fix too: in the class, and just outside it
+    (64, 1, 64, (1, 7, 7), (3, 3, 3), 1, (1, 1, 1), 1),
+    (16, 1, 16, (3, 7, 7), (3, 3, 3), 1, (1, 1, 1), 1),
+]
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("dtype", CPU_DTYPES, ids=_ids)
+@pytest.mark.parametrize("case", LONG_KERNEL_CASES, ids=lambda c: _case_id(c[:7]))
+def test_bf16_weight_gradient_with_kernel_longer_than_input(case, dtype, layout, mode):
+    """Input and weight gradients against float64 on the same (rounded) values, through a
+    Conv3dBNAct in train mode (conv3d_bn_stats's autograd) and in eval mode (the fused op's)."""
+    import copy
+
+    from videoconv.nn import Conv3dBNAct
+
+    c_in, groups, c_out, size, kernel, stride, padding, dilation = case
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(c_in, c_out, kernel, stride, padding, dilation, groups, bias=False)
+    bn = torch.nn.BatchNorm3d(c_out)
+    with torch.no_grad():
+        conv.weight.copy_(conv.weight.to(dtype))  # the float64 chain gets the rounded values
+    x = torch.randn(2, c_in, *size).to(dtype)
+    chain = copy.deepcopy(torch.nn.Sequential(conv, bn, torch.nn.ReLU())).double()
+    module = Conv3dBNAct.from_modules(conv, bn, "relu").to(dtype)
+    chain.train(mode == "train")
+    module.train(mode == "train")
+    x64 = x.double().requires_grad_()
+    expected = chain(x64)
+    grad = torch.randn(expected.shape)
+    expected.backward(grad.double())
+    ref_x, ref_w = x64.grad, chain[0].weight.grad
+    # The failure read uninitialised memory: several calls.
+    for _ in range(3):
+        xin = x.clone(memory_format=LAYOUTS[layout]).requires_grad_()
+        module.zero_grad()
+        with backends.use("cpu"):
+            y = module(xin)
+        y.backward(grad.to(dtype).contiguous(memory_format=LAYOUTS[layout]))
+        for got, want in ((xin.grad, ref_x), (module.conv.weight.grad, ref_w)):
+            assert got.dtype == dtype
+            err = (got.double() - want).abs().max() / want.abs().max()
+            assert err < (3e-2 if dtype == torch.bfloat16 else 1e-4), float(err)
+
+
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
 @pytest.mark.parametrize("layout", list(LAYOUTS))

@@ -159,6 +159,25 @@ def _onednn_unsafe(key) -> bool:
             or (w_out == 1 and stride[2] > 1))
 
 
+def _weight_grad_unsafe(dtype: torch.dtype, input_size, weight_shape, dilation) -> bool:
+    """Whether ATen's bfloat16 CPU convolution backward may return a wrong weight gradient for
+    this convolution: when the (dilated) kernel is longer than the input in some dimension, e.g.
+    a (3, 3, 3) conv on 2 frames (R3D-18's and R(2+1)D-18's last stage at 16 frames), or a 3x3
+    conv on a 1-pixel-wide map. oneDNN's ``jit_bf16:avx512_core_bf16`` backward-weights kernel
+    then returned garbage (off by the whole gradient or more, up to inf and NaN, different from
+    run to run), in both layouts, dense, grouped and depthwise; some such calls corrupted the
+    heap (``double free or corruption``, a segfault) or never returned. Found with grids against
+    float64 on the project's AMD EPYC Zen 4 (torch 2.13.0, oneDNN 3.12): 162 wrong weight
+    gradients among 1206 random convolutions in this class, 0 among 790 outside it, and 942
+    among the 2758 of a small exhaustive grid's; the input gradient was right on all of them, and
+    float32 was right everywhere. Eager ``nn.Conv3d`` training in bfloat16 gets the same wrong
+    gradients (the same ATen call). Such weight gradients are computed in float32 instead
+    (:meth:`CpuBackend.conv3d_input_weight_grad`); ``tests/test_backend_cpu.py`` keeps a sample,
+    ``test_bf16_weight_gradient_with_kernel_longer_than_input``."""
+    return dtype == torch.bfloat16 and any(
+        d * (k - 1) + 1 > n for n, k, d in zip(input_size[2:], weight_shape[2:], dilation))
+
+
 class _Entry:
     __slots__ = ("key", "version", "data_ptr", "storage", "scale", "shift", "packed", "bias",
                  "seen")
@@ -938,6 +957,30 @@ class CpuBackend(Backend):
         z = z.to(input.dtype).contiguous(memory_format=fmt)
         mean, var = torch.ops.videoconv._channel_stats_cpu(z)
         return z, mean, var
+
+    @classmethod
+    def conv3d_input_weight_grad(cls, *, grad_z, input, weight, stride, padding, dilation, groups,
+                                 output_mask):
+        """(grad_input, grad_weight), or ``None`` to use ATen's gradient convolutions (oneDNN):
+        everywhere but where ATen's bfloat16 weight gradient is wrong (:func:`_weight_grad_unsafe`).
+        There the weight gradient is computed in float32 on the exactly widened input and
+        output gradient, rounded once (at least as accurate). The weight itself only gives the
+        shape there, so it is not widened: a float32 copy of a 512 x 512 x 3 x 3 x 3 weight is
+        28 MB per call. The input gradient stays on ATen's bfloat16 path: it was right on every
+        case of the grids, and 3618 input-gradient-only calls of the failing class neither
+        crashed nor hung (weight-gradient-only calls did both)."""
+        need_x, need_w = output_mask
+        if not (need_w and _weight_grad_unsafe(input.dtype, input.shape, weight.shape, dilation)):
+            return None
+        args = (list(stride), list(padding), list(dilation), False, [0, 0, 0], groups)
+        grad_x = None
+        if need_x:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad_z, input, weight, None, *args, [True, False, False])[0]
+        shape_only = grad_z.new_empty(1, dtype=torch.float32).expand(weight.shape)
+        grad_w = torch.ops.aten.convolution_backward(
+            grad_z.float(), input.float(), shape_only, None, *args, [False, True, False])[1]
+        return grad_x, grad_w.to(weight.dtype)
 
     @classmethod
     def conv2plus1d_bn_act(cls, *, input, w1, scale1, shift1, w2, scale2, shift2, stride, padding,
