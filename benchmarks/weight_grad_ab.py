@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from ab_common import eager_model_and_clip, patched, print_environment, print_paired, whole_model_args
+from ab_common import (eager_model_and_clip, patched, print_environment, print_paired,
+                       whole_model_args)
 from videoconv.backends import cpu
 from videoconv.bench.timing import pin_host_allocator, time_interleaved
 

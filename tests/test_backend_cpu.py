@@ -203,9 +203,10 @@ def test_onednn_degenerate_shapes_in_training(case, dtype, layout):
 
 
 # ATen's bfloat16 weight gradient (oneDNN's jit_bf16 backward-weights kernel) was garbage on
-# some convolutions whose kernel is longer than the input in one dimension (cpu._weight_grad_unsafe),
-# e.g. R3D-18's last stage at 16 frames (3x3x3 on 2 frames). (c_in, groups, c_out, size, kernel,
-# stride, padding, dilation), each wrong in bfloat16 channels_last_3d before the fix.
+# some convolutions whose kernel is longer than the input in one dimension
+# (cpu._weight_grad_unsafe), e.g. R3D-18's last stage at 16 frames (3x3x3 on 2 frames).
+# (c_in, groups, c_out, size, kernel, stride, padding, dilation), each wrong in bfloat16
+# channels_last_3d before the fix.
 LONG_KERNEL_CASES = [
     (16, 1, 16, (2, 7, 7), (3, 3, 3), 1, (1, 1, 1), 1),
     (3, 1, 4, (4, 6, 8), (5, 1, 1), 1, (2, 0, 0), 1),
@@ -258,6 +259,34 @@ def test_bf16_weight_gradient_with_kernel_longer_than_input(case, dtype, layout,
             assert got.dtype == dtype
             err = (got.double() - want).abs().max() / want.abs().max()
             assert err < (3e-2 if dtype == torch.bfloat16 else 1e-4), float(err)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_bf16_weight_gradients_of_a_unit_on_two_frames(layout):
+    """A train-mode (2+1)D unit on 2 frames (R(2+1)D-18's last stage at 16 frames): its temporal
+    conv's 3x1x1 kernel is longer than the input; that weight gradient was ~1e31 off."""
+    import copy
+
+    from videoconv.nn import Conv2Plus1dBNAct
+
+    torch.manual_seed(0)
+    unit = Conv2Plus1dBNAct(16, 24, 16, 3, 1, 1).train()
+    with torch.no_grad():
+        for p in unit.parameters():
+            p.copy_(p.to(torch.bfloat16))  # the float64 unit gets the rounded values
+    reference = copy.deepcopy(unit).double()
+    x = torch.randn(2, 16, 2, 7, 7).to(torch.bfloat16)
+    expected = reference(x.double())
+    grad = torch.randn(expected.shape)
+    expected.backward(grad.double())
+    unit = unit.to(torch.bfloat16)
+    with backends.use("cpu"):
+        y = unit(x.contiguous(memory_format=LAYOUTS[layout]))
+    y.backward(grad.to(torch.bfloat16))
+    for name in ("conv1.weight", "conv2.weight"):
+        got = unit.get_parameter(name).grad.double()
+        want = reference.get_parameter(name).grad
+        assert (got - want).norm() / want.norm() < 0.1, name
 
 
 @pytest.mark.parametrize("act", ACTS)

@@ -168,10 +168,11 @@ def _weight_grad_unsafe(dtype: torch.dtype, input_size, weight_shape, dilation) 
     run to run), in both layouts, dense, grouped and depthwise; some such calls corrupted the
     heap (``double free or corruption``, a segfault) or never returned. Found with grids against
     float64 on the project's AMD EPYC Zen 4 (torch 2.13.0, oneDNN 3.12): 162 wrong weight
-    gradients among 1206 random convolutions in this class, 0 among 790 outside it, and 942
-    among the 2758 of a small exhaustive grid's; the input gradient was right on all of them, and
-    float32 was right everywhere. Eager ``nn.Conv3d`` training in bfloat16 gets the same wrong
-    gradients (the same ATen call). Such weight gradients are computed in float32 instead
+    gradients among 1206 random convolutions in this class and 0 among 790 outside it; in a
+    small exhaustive grid, 942 among its 2758 in the class (channels_last_3d, C_in > 1) and 0
+    among 1020 outside it. The input gradient was right on all of them, and float32 was right
+    everywhere. Eager ``nn.Conv3d`` training in bfloat16 gets the same wrong gradients (the same
+    ATen call). Such weight gradients are computed in float32 instead
     (:meth:`CpuBackend.conv3d_input_weight_grad`); ``tests/test_backend_cpu.py`` keeps a sample,
     ``test_bf16_weight_gradient_with_kernel_longer_than_input``."""
     return dtype == torch.bfloat16 and any(
