@@ -1,7 +1,7 @@
 """What computing the bfloat16 weight gradients that ATen gets wrong in float32 costs
 (``cpu._weight_grad_unsafe``, ``CpuBackend.conv3d_input_weight_grad``), in one process.
 
-    python benchmarks/weight_grad_ab.py [--models r3d_18] [--min-run-time 60] [--rounds 15]
+    python benchmarks/weight_grad_ab.py [--models r3d_18] [--min-run-time 12] [--rounds 30]
 
 A fused model's training step (batch 1, standard clip, bfloat16, channels_last_3d, train mode:
 forward, ``sum().backward()``) timed in turns (``time_interleaved``) with the rule as it is and
@@ -9,7 +9,8 @@ with it switched off, which hands those convolutions back to ATen's bfloat16 wei
 (wrong there: garbage or a crash, see ``_weight_grad_unsafe``; the comparison is of speed only).
 The ratio is the median of the rounds' paired ratios with its 95% interval (``paired_speedup``;
 > 1: the fix is faster). It also lists the convolutions the rule routes, by input and weight
-shape. R3D-18 at 16 frames has three: its last stage's 3x3x3 convs on 2 frames.
+shape. R3D-18 at 16 frames has three: its last stage's 3x3x3 convs on 2 frames. bfloat16 only
+(the rule routes nothing in float32): the common ``--dtypes`` option is not read.
 """
 
 from __future__ import annotations

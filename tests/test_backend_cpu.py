@@ -205,8 +205,8 @@ def test_onednn_degenerate_shapes_in_training(case, dtype, layout):
 # ATen's bfloat16 weight gradient (oneDNN's jit_bf16 backward-weights kernel) was garbage on
 # some convolutions whose kernel is longer than the input in one dimension
 # (cpu._weight_grad_unsafe), e.g. R3D-18's last stage at 16 frames (3x3x3 on 2 frames).
-# (c_in, groups, c_out, size, kernel, stride, padding, dilation), each wrong in bfloat16
-# channels_last_3d before the fix.
+# (c_in, groups, c_out, size, kernel, stride, padding, dilation); the first seven were wrong in
+# bfloat16 channels_last_3d before the fix.
 LONG_KERNEL_CASES = [
     (16, 1, 16, (2, 7, 7), (3, 3, 3), 1, (1, 1, 1), 1),
     (3, 1, 4, (4, 6, 8), (5, 1, 1), 1, (2, 0, 0), 1),
