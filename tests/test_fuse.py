@@ -316,6 +316,34 @@ def test_modules_with_hooks_are_not_fused_away(where, kind):
         assert "hooks, which a fused module would not run" in reasons[where]
 
 
+def test_grad_cam_hooks_on_a_fused_model():
+    """Grad-CAM's hooks (the activations and gradients of the last conv, by its name in the
+    original model) added to a fused model see what they see on the unfused one."""
+    torch.manual_seed(0)
+    model = models.get_model("r3d_18", num_classes=5).eval()
+    fused = videoconv.fuse(model)
+    assert isinstance(fused.get_submodule("layer4.1"), nn.Module)
+    x = torch.randn(1, 3, 4, 32, 32)
+    records = []
+    for net in (model, fused):
+        record = {}
+        target = net.get_submodule("layer4.1.conv2.0")
+        assert type(target) is nn.Conv3d
+        handles = [target.register_forward_hook(
+                       lambda m, args, out: record.__setitem__("activation", out.detach())),
+                   target.register_full_backward_hook(
+                       lambda m, grad_in, grad_out: record.__setitem__("gradient", grad_out[0]))]
+        logits = net(x)
+        logits[0, 3].backward()
+        for h in handles:
+            h.remove()
+        record["logits"] = logits.detach()
+        records.append(record)
+    assert set(records[1]) == {"activation", "gradient", "logits"}
+    for key in records[0]:
+        assert_close_rel(records[1][key].double(), records[0][key].double(), 1e-4)
+
+
 def test_hooked_conv_in_an_untraceable_sequential_is_left_alone():
     """The structural fallback (a Sequential fx cannot trace) checks hooks too."""
 

@@ -248,6 +248,74 @@ def test_from_modules_refuses_modules_with_hooks(which, hook):
         Conv2Plus1dBNAct.from_modules(c1, b1, a1, c2, b2, a2)
 
 
+def _add_hooks(conv, bn, log):
+    """Hooks of every kind on the original modules: a pre-hook that changes the conv's input, a
+    forward hook that records the conv's output, one that replaces the BatchNorm's output, and a
+    full backward hook that records the conv's output gradient (Grad-CAM's pair)."""
+    return [conv.register_forward_pre_hook(lambda m, args: (args[0] * 0.5,)),
+            conv.register_forward_hook(lambda m, args, out: log.append(("conv", out.detach()))),
+            bn.register_forward_hook(lambda m, args, out: out + 0.25),
+            conv.register_full_backward_hook(
+                lambda m, grad_in, grad_out: log.append(("grad", grad_out[0].detach())))]
+
+
+@pytest.mark.parametrize("module", ["Conv3dBNAct", "Conv2Plus1dBNAct"])
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_hooks_added_after_fusion_run(module, mode):
+    """Hooks added to the original modules inside a fused one after it was built (fusion refuses
+    modules that have them already) run as in the unfused model: the fused module runs the
+    original modules then, with the same outputs, recorded activations, gradients and running
+    statistics; once the hooks are removed it runs the fused op again."""
+    torch.manual_seed(0)
+    if module == "Conv3dBNAct":
+        conv, bn = nn.Conv3d(4, 8, 3, padding=1, bias=False), _randomise_bn(nn.BatchNorm3d(8))
+        original = nn.Sequential(conv, bn, nn.ReLU())
+        fused = Conv3dBNAct.from_modules(copy.deepcopy(conv), copy.deepcopy(bn), "relu")
+        inner = (original[0], original[1]), (fused.conv, fused.bn)
+    else:
+        c1, b1, a1, c2, b2, a2 = _unit()
+        original = nn.Sequential(c1, b1, a1, c2, b2, a2)
+        fused = Conv2Plus1dBNAct.from_modules(*copy.deepcopy((c1, b1, a1, c2, b2, a2)))
+        inner = (original[3], original[4]), (fused.conv2, fused.bn2)  # the second stage's
+    original.train(mode == "train")
+    fused.train(mode == "train")
+    x = torch.randn(2, 4, 4, 6, 6)
+    residual = torch.randn(2, 8, 4, 6, 6) if module == "Conv3dBNAct" else None
+    logs = ([], [])
+    handles = [_add_hooks(*inner[i], logs[i]) for i in range(2)]
+    outputs = []
+    for model, (conv, _) in zip((original, fused), inner):
+        xin = x.clone().requires_grad_()
+        if model is original and residual is not None:
+            y = torch.relu(original[1](original[0](xin)) + residual)
+        else:
+            y = model(xin) if residual is None else model(xin, residual)
+        y.backward(torch.linspace(-1, 1, y.numel()).view_as(y))
+        outputs.append((y.detach(), xin.grad, conv.weight.grad))
+    for want, got in zip(outputs[0], outputs[1]):
+        assert _rel(got, want) < 1e-5
+    assert [k for k, _ in logs[1]] == [k for k, _ in logs[0]] == ["conv", "grad"]
+    for (_, want), (_, got) in zip(*logs):
+        assert _rel(got, want) < 1e-5
+    for want, got in zip(original.state_dict().values(), fused.state_dict().values()):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)  # running statistics
+    # Without hooks, the fused op again: the original conv is not called.
+    for handle in handles[1]:
+        handle.remove()
+    fused.eval()
+    inner[1][0].forward = None  # calling it would fail
+    with torch.no_grad():
+        y = fused(x) if residual is None else fused(x, residual)
+    del inner[1][0].forward
+    original.eval()
+    with torch.no_grad():
+        for handle in handles[0]:
+            handle.remove()
+        want = (original(x) if residual is None
+                else torch.relu(original[1](original[0](x)) + residual))
+    assert _rel(y, want) < 1e-5
+
+
 def test_bad_input_errors_come_from_the_op():
     m = Conv3dBNAct(4, 8, 3).eval()
     w = m.conv.weight

@@ -239,6 +239,39 @@ class FusedModuleBase(nn.Module):
         self._fold_cache = None
         self.__dict__.pop("_prepared", None)  # built from the fold (see Conv3dBNAct)
 
+    # -- hooks on the original modules, added after fusion ------------------------------------
+
+    @staticmethod
+    def _hooked(modules: tuple) -> bool:
+        """Whether one of ``modules`` (the original convs and BatchNorms inside) has hooks of its
+        own. ``fuse()`` and ``from_modules`` refuse modules with hooks (:func:`hooks_reason`),
+        but a user can add one afterwards, e.g. Grad-CAM's forward and backward hooks on a
+        fused model's last conv: the fused op never calls the modules, so such hooks would
+        silently not run. Checked on every call, before the fast path: ~8 dict truth tests."""
+        for m in modules:
+            if m is not None and (m._forward_pre_hooks or m._forward_hooks or m._backward_hooks
+                                  or m._backward_pre_hooks):
+                return True
+        return False
+
+    def _unfused(self, x: Tensor, residual: Optional[Tensor], stages: tuple) -> Tensor:
+        """The original modules' own forward, for a module with hooks inside (:meth:`_hooked`):
+        ``act(bn(conv(x)))`` per ``(conv, bn)`` stage, with ``residual`` added before the last
+        activation, each module called as the model called it, so that its hooks run and see
+        what they saw before fusion, in eval and in train mode (BatchNorm's own running-stat
+        update). At eager speed: the hooks need the intermediate values the fused op never
+        materialises."""
+        if self.training:
+            self._forget_fold()
+        for i, (conv, bn) in enumerate(stages):
+            x = conv(x)
+            if bn is not None:
+                x = bn(x)
+            if residual is not None and i == len(stages) - 1:
+                x = x + residual
+            x = apply_activation(x, self.activation)
+        return x
+
     def _forget_fold(self) -> None:
         # The running statistics change in training mode (native batch_norm updates them
         # without always bumping their version counter; num_batches_tracked's add_ does).

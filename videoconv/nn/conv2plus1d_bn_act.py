@@ -81,7 +81,8 @@ class Conv2Plus1dBNAct(FusedModuleBase):
     intermediate is materialised between the stages: its BatchNorm needs the statistics of the
     whole first convolution before the second can start. ``forward(x, residual=None)``: a
     residual that is not of the output's size, dtype and device is added as in
-    :class:`Conv3dBNAct`, after the second stage, as eager's ``+`` adds it.
+    :class:`Conv3dBNAct`, after the second stage, as eager's ``+`` adds it. Hooks added to the
+    original modules after the unit was built make it call them, as :class:`Conv3dBNAct` does.
 
     The original modules are submodules (default names ``conv1``, ``bn1``, ``conv2``, ``bn2``;
     :meth:`from_modules` takes other, possibly dotted, names: ``fuse()`` uses ``"0.0"``,
@@ -216,6 +217,8 @@ class Conv2Plus1dBNAct(FusedModuleBase):
 
     def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         conv1, bn1, conv2, bn2 = self.conv1, self.bn1, self.conv2, self.bn2
+        if self._hooked((conv1, bn1, conv2, bn2)):
+            return self._unfused(x, residual, ((conv1, bn1), (conv2, bn2)))
         if self._batch_stats(bn1) or self._batch_stats(bn2):
             self._forget_fold()
             h = self._stage(x, conv1, bn1, None, "conv1")

@@ -76,6 +76,10 @@ class Conv3dBNAct(FusedModuleBase):
       ``track_running_stats=False`` uses batch statistics in eval mode too, as
       ``nn.BatchNorm3d`` does. Without a BatchNorm, training runs the fused op (scale 1,
       shift = bias), which has autograd.
+    * **hooks** added to ``conv`` or ``bn`` after the module was built (:meth:`from_modules`
+      refuses modules that already have some): both modes then call ``conv`` and ``bn``
+      themselves, as the unfused chain does, so that the hooks run and see what they would
+      have seen; at eager speed, until the hooks are removed.
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as
@@ -170,6 +174,8 @@ class Conv3dBNAct(FusedModuleBase):
 
     def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         conv, bn = self.conv, self.bn
+        if self._hooked((conv, bn)):
+            return self._unfused(x, residual, ((conv, bn),))
         if self._batch_stats(bn):
             # BatchNorm training semantics (batch statistics, running-stat update) on the fused
             # path: conv + statistics in one op, then one element-wise step.
