@@ -968,8 +968,9 @@ class CpuBackend(Backend):
         output gradient, rounded once (at least as accurate). The weight itself only gives the
         shape there, so it is not widened: a float32 copy of a 512 x 512 x 3 x 3 x 3 weight is
         28 MB per call. The input gradient stays on ATen's bfloat16 path: it was right on every
-        case of the grids, and 3618 input-gradient-only calls of the failing class neither
-        crashed nor hung (weight-gradient-only calls did both)."""
+        case of the grids, and 3618 input-gradient-only calls of the failing class (three passes
+        over the random grid's) neither crashed nor hung, where weight-gradient-only calls hung
+        in the second pass."""
         need_x, need_w = output_mask
         if not (need_w and _weight_grad_unsafe(input.dtype, input.shape, weight.shape, dilation)):
             return None
