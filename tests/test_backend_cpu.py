@@ -14,6 +14,7 @@ from videoconv.backends import cpu as cpu_backend
 from videoconv.backends.cpu import CpuBackend
 from videoconv.ops import conv2plus1d_bn_act, conv3d_bn_act
 
+from reference_impls import assert_close_rel
 from test_ops import (  # shape tables and the float64 oracle, shared with test_ops
     ACTS,
     CONV_CASES,
@@ -257,8 +258,7 @@ def test_bf16_weight_gradient_with_kernel_longer_than_input(case, dtype, layout,
         y.backward(grad.to(dtype).contiguous(memory_format=LAYOUTS[layout]))
         for got, want in ((xin.grad, ref_x), (module.conv.weight.grad, ref_w)):
             assert got.dtype == dtype
-            err = (got.double() - want).abs().max() / want.abs().max()
-            assert err < (3e-2 if dtype == torch.bfloat16 else 1e-4), float(err)
+            assert_close_rel(got.double(), want, 3e-2 if dtype == torch.bfloat16 else 1e-4)
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
