@@ -57,6 +57,30 @@ def test_channel_mean_matches_float64(shape, dtype, fmt):
         assert torch.equal(y, torch.ops.videoconv._channel_mean_cpu(x))
 
 
+@pytest.mark.parametrize("fmt, shape, offset", [
+    # One NCDHW plane of 2^27 values of 3: 16 float32 lanes summing the whole plane stop
+    # absorbing the values past 2^24 each, and gave 3.33.
+    (torch.contiguous_format, (1, 1, 8, 4096, 4096), None),
+    # channels_last_3d, 2^26 positions of random values around 3: 32768 chunk sums, merged in
+    # float32, were off by ~12 float32 ulps of the mean.
+    (CL, (1, 2, 4, 4096, 4096), 3.0),
+], ids=["ncdhw_constant", "cl_random"])
+def test_channel_mean_of_a_large_map_is_float32_exact(fmt, shape, offset):
+    """The mean over tens of millions of positions, against float64: within two float32 ulps
+    (its one rounding), however many values are summed (512 MB each)."""
+    if offset is None:
+        x = torch.full(shape, 3.0).contiguous(memory_format=fmt)
+    else:
+        g = torch.Generator().manual_seed(0)
+        x = (torch.randn(shape, generator=g) + offset).contiguous(memory_format=fmt)
+    expected = x.double().mean((2, 3, 4), keepdim=True)
+    with backends.use("cpu"):
+        y = channel_mean(x)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y.double(), expected, atol=0,
+                               rtol=2 * torch.finfo(torch.float32).eps)
+
+
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, CL], ids=["ncdhw", "cl"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64], ids=_ids)

@@ -56,7 +56,11 @@ __attribute__((always_inline)) inline V activate(V u, int activation) {
 // channel mean
 
 // Positions per work item: a fixed split (not the thread count), so that the float32 partial
-// sums, merged in item order, give the same bits on any number of threads.
+// sums, merged in item order, give the same bits on any number of threads. Chunks are summed in
+// float32 (at most 2048 / 16 = 128 values per accumulator) and the chunk sums added in float64:
+// a float32 running total of a whole plane stops absorbing its values once it is ~2^24 times
+// their size (a plane of 2^27 values of 3 averaged to 3.33, summed in 16 float32 lanes; the
+// float64 total is exact to ~1e-16 per chunk, whatever the plane's size).
 constexpr int64_t kMeanChunk = 2048;  // a multiple of 16 (see channel_mean_cl_items)
 
 // channels_last_3d. A sample's values are one flat run, position after position, C channels
@@ -65,8 +69,8 @@ constexpr int64_t kMeanChunk = 2048;  // a multiple of 16 (see channel_mean_cl_i
 // blocks of 16 positions as C whole vectors (no partial vector per position when C is not a
 // multiple of 16, as for X3D's 54 and 108 channels), and fold the lanes to channels at the end.
 // Work items are chunks of kMeanChunk positions (a multiple of 16, so every chunk starts on a
-// block boundary); their float32 partial sums are merged in item order, so the result does not
-// depend on the thread count. The loops are in their own multi-versioned functions: a lambda
+// block boundary); their float32 partial sums are merged in item order, in float64, so the
+// result does not depend on the thread count. The loops are in their own multi-versioned functions: a lambda
 // passed to at::parallel_for would be compiled for the baseline ISA only.
 template <typename T>
 VIDEOCONV_ISA_CLONES void channel_mean_cl_items(const T* x, float* partial, int64_t channels,
@@ -105,31 +109,35 @@ void channel_mean_cl(const T* x, T* out, int64_t batch, int64_t channels, int64_
   at::parallel_for(0, batch * chunks, 1, [&](int64_t i0, int64_t i1) {
     channel_mean_cl_items<T>(x, partial.data(), channels, positions, chunks, i0, i1);
   });
-  const float inv = 1.f / static_cast<float>(positions);
   for (int64_t n = 0; n < batch; n++) {
     for (int64_t c = 0; c < channels; c++) {
-      float sum = 0.f;
+      double sum = 0.0;
       for (int64_t chunk = 0; chunk < chunks; chunk++)
         sum += partial[(n * chunks + chunk) * channels + c];
-      out[n * channels + c] = static_cast<T>(sum * inv);
+      out[n * channels + c] = static_cast<T>(static_cast<float>(sum / positions));
     }
   }
 }
 
-// contiguous NCDHW: planes i0 .. i1 - 1, each summed in 16 lanes, then across them.
+// contiguous NCDHW: planes i0 .. i1 - 1, each in chunks of kMeanChunk values summed in 16
+// float32 lanes, then across them, the chunk sums added in float64.
 template <typename T>
 VIDEOCONV_ISA_CLONES void channel_mean_planes_items(const T* x, T* out, int64_t positions,
                                                     int64_t i0, int64_t i1) {
-  const float inv = 1.f / static_cast<float>(positions);
   for (int64_t plane = i0; plane < i1; plane++) {
     const T* p = x + plane * positions;
-    vf16 acc = {};
-    int64_t i = 0;
-    for (; i + kLanes <= positions; i += kLanes) acc += load16(p + i);
-    if (i < positions) acc += load16_first(p + i, positions - i);
-    float sum = 0.f;
-    for (int l = 0; l < kLanes; l++) sum += acc[l];
-    out[plane] = static_cast<T>(sum * inv);
+    double total = 0.0;
+    for (int64_t c0 = 0; c0 < positions; c0 += kMeanChunk) {
+      const int64_t c1 = std::min(positions, c0 + kMeanChunk);
+      vf16 acc = {};
+      int64_t i = c0;
+      for (; i + kLanes <= c1; i += kLanes) acc += load16(p + i);
+      if (i < c1) acc += load16_first(p + i, c1 - i);
+      float sum = 0.f;
+      for (int l = 0; l < kLanes; l++) sum += acc[l];
+      total += sum;
+    }
+    out[plane] = static_cast<T>(static_cast<float>(total / positions));
   }
 }
 
