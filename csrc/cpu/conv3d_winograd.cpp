@@ -13,9 +13,10 @@
 // half the bfloat16 dot-product rate, so the net gain over a bfloat16 direct conv is at most 2x,
 // but bfloat16 GEMM operands would round the transformed input and weight, whose transforms have
 // coefficients up to 5 and 8 and cancelling sums. benchmarks/winograd_bf16.py measures both
-// sides: (1) the rate: on Zen 4, cpublas::brgemm's bfloat16 micro-kernel was no faster than its
-// float32 one without AMX (113-126 against 107-110 GFLOP/s per core at K = 64); on Zen 5 it is
-// 1.85-1.96x faster (801-900 against 427-459 GFLOP/s on 2 cores); (2) the accuracy (float64
+// sides: (1) the rate: on one Zen 4 VM, cpublas::brgemm's bfloat16 micro-kernel was no faster
+// than its float32 one without AMX (113-126 against 107-110 GFLOP/s per core at K = 64), on
+// another (same family and model, torch 2.13.0) 1.85-2.62x faster (379-403 against 149-206
+// GFLOP/s on 2 cores); on Zen 5 1.85-1.96x (801-900 against 427-459); (2) the accuracy (float64
 // emulation, 64 -> 144 at 56x56): V and U in bfloat16 give F(4x4) a mean error of 1.6e-2, 11x a
 // bfloat16 direct conv's 1.4e-3; F(2x2), accurate enough in bfloat16 (3.7e-3), does 4 products
 // per output instead of 2.25: at 1.9x the rate, 2.1 float32 product-times against 2.25 (7%
