@@ -65,9 +65,10 @@ def test_channel_mean_matches_float64(shape, dtype, fmt):
     # float32, were off by ~12 float32 ulps of the mean.
     (CL, (1, 2, 4, 4096, 4096), 3.0),
 ], ids=["ncdhw_constant", "cl_random"])
-def test_channel_mean_of_a_large_map_is_float32_exact(fmt, shape, offset):
-    """The mean over tens of millions of positions, against float64: within two float32 ulps
-    (its one rounding), however many values are summed (512 MB each)."""
+def test_channel_mean_of_a_large_map_is_accurate_to_float32(fmt, shape, offset):
+    """The mean over tens of millions of positions, against float64: within two float32
+    epsilons (relative; its one rounding is half of one), however many values are summed
+    (512 MB each)."""
     if offset is None:
         x = torch.full(shape, 3.0).contiguous(memory_format=fmt)
     else:

@@ -59,8 +59,8 @@ __attribute__((always_inline)) inline V activate(V u, int activation) {
 // sums, merged in item order, give the same bits on any number of threads. Chunks are summed in
 // float32 (at most 2048 / 16 = 128 values per accumulator) and the chunk sums added in float64:
 // a float32 running total of a whole plane stops absorbing its values once it is ~2^24 times
-// their size (a plane of 2^27 values of 3 averaged to 3.33, summed in 16 float32 lanes; the
-// float64 total is exact to ~1e-16 per chunk, whatever the plane's size).
+// their size (a plane of 2^27 values of 3 averaged to 3.33, summed in 16 float32 lanes); the
+// float64 total adds ~1e-16 of relative error per chunk, whatever the plane's size.
 constexpr int64_t kMeanChunk = 2048;  // a multiple of 16 (see channel_mean_cl_items)
 
 // channels_last_3d. A sample's values are one flat run, position after position, C channels
@@ -70,8 +70,8 @@ constexpr int64_t kMeanChunk = 2048;  // a multiple of 16 (see channel_mean_cl_i
 // multiple of 16, as for X3D's 54 and 108 channels), and fold the lanes to channels at the end.
 // Work items are chunks of kMeanChunk positions (a multiple of 16, so every chunk starts on a
 // block boundary); their float32 partial sums are merged in item order, in float64, so the
-// result does not depend on the thread count. The loops are in their own multi-versioned functions: a lambda
-// passed to at::parallel_for would be compiled for the baseline ISA only.
+// result does not depend on the thread count. The loops are in their own multi-versioned
+// functions: a lambda passed to at::parallel_for would be compiled for the baseline ISA only.
 template <typename T>
 VIDEOCONV_ISA_CLONES void channel_mean_cl_items(const T* x, float* partial, int64_t channels,
                                                 int64_t positions, int64_t chunks, int64_t i0,
