@@ -34,7 +34,8 @@ def _prepare(layer, dtype, pointwise: bool):
     bn = module._get("bn") if hasattr(module, "bn") else None
     # every 1x1x1 layer through the kernel (or none): the limits are what this measures
     with patched(cpu, POINTWISE=pointwise, _POINTWISE_MIN_CHANNELS=1,
-                 _POINTWISE_MAX_ROWS_F32=1 << 62, _POINTWISE_AVX2_MAX_OUTPUT_F32=1 << 62,
+                 _POINTWISE_MAX_ROWS_F32=1 << 62, _POINTWISE_MAX_STRIDED_OUTPUT_BF16=1 << 62,
+                 _POINTWISE_AVX2_MAX_OUTPUT_F32=1 << 62,
                  _POINTWISE_AVX2_EXPANSION_OUTPUT_BF16=1 << 62,
                  _POINTWISE_AVX2_BF16_NATIVE_ONEDNN=True):
         return prepare_conv(module._get("conv"), bn, layer.input_shape, dtype, module.activation)

@@ -55,6 +55,7 @@ def _every_eligible_layer(monkeypatch):
     monkeypatch.setattr(cpu_backend, "_POINTWISE_AVX2_EXPANSION_OUTPUT_BF16", 1 << 62)
     monkeypatch.setattr(cpu_backend, "_POINTWISE_AVX2_BF16_NATIVE_ONEDNN", True)
     monkeypatch.setattr(cpu_backend, "_POINTWISE_MAX_ROWS_F32", 1 << 40)
+    monkeypatch.setattr(cpu_backend, "_POINTWISE_MAX_STRIDED_OUTPUT_BF16", 1 << 62)
     monkeypatch.setattr(cpu_backend, "_SMALL_GEMM_ROWS", 0)
     cpu_backend.pack_cache.clear()
     yield
@@ -164,12 +165,14 @@ def test_channels_first_input_keeps_its_layout():
 def test_which_layers_take_it(monkeypatch):
     """The AVX-512 variant's speed rule with its real limits: C_in >= 32 (or a tiny,
     small-GEMM-sized one, as Squeeze-and-Excitation's on a pooled map), channels_last_3d, 1x1x1,
-    no padding or groups; bfloat16 at any size, float32 up to _POINTWISE_MAX_ROWS_F32 output
-    positions. (The rule only asks which variant runs: checked on any CPU.)"""
+    no padding or groups; bfloat16 at any size, except strided ones with more than
+    _POINTWISE_MAX_STRIDED_OUTPUT_BF16 output values; float32 up to _POINTWISE_MAX_ROWS_F32
+    output positions. (The rule only asks which variant runs: checked on any CPU.)"""
     monkeypatch.setattr(cpu_backend, "_pointwise_variant", lambda: "avx512_bf16")
     monkeypatch.setattr(cpu_backend, "_POINTWISE_MIN_CHANNELS", 32)
     monkeypatch.setattr(cpu_backend, "_SMALL_GEMM_ROWS", 64)
     monkeypatch.setattr(cpu_backend, "_POINTWISE_MAX_ROWS_F32", 2048)
+    monkeypatch.setattr(cpu_backend, "_POINTWISE_MAX_STRIDED_OUTPUT_BF16", 500_000)
     bf, f32 = torch.bfloat16, torch.float32
 
     def takes(dtype, c_in, c_out, size, stride=(1, 1, 1), **kw):
@@ -179,7 +182,11 @@ def test_which_layers_take_it(monkeypatch):
 
     assert takes(bf, 216, 96, (13, 10, 10))           # X3D-S stage 3 projection
     assert takes(bf, 54, 24, (13, 40, 40))            # X3D-S stage 1 projection
-    assert takes(bf, 64, 128, (8, 56, 56), (2, 2, 2))  # R3D-18's first shortcut
+    assert takes(bf, 64, 128, (8, 56, 56), (2, 2, 2))  # R3D-18's first shortcut, 8 frames: 401k
+    assert not takes(bf, 64, 128, (16, 56, 56), (2, 2, 2))  # ... at 16 frames: 803k values
+    assert takes(bf, 128, 256, (8, 28, 28), (2, 2, 2))  # the next one: 200k
+    assert takes(bf, 48, 96, (13, 20, 20), (1, 2, 2))   # X3D-S's stride-2 projection: 125k
+    assert takes(bf, 48, 216, (13, 20, 20))             # stride 1: any size (1.1M)
     assert not takes(bf, 24, 54, (13, 80, 80))        # C_in 24: oneDNN streams better
     assert takes(bf, 16, 216, (1, 1, 1))              # SE on a pooled map: any C_in
     assert takes(f32, 8, 54, (1, 1, 1), fmt=torch.contiguous_format)  # one position: any layout

@@ -482,8 +482,19 @@ POINTWISE = os.environ.get("VIDEOCONV_CPU_POINTWISE", "1") != "0"
 #:   0.75-0.96x from ~3000 up (64 -> 128 stride 2 from 8x56x56, 48 -> 108 at 13x20x20), where
 #:   the float32 FMA rate, not the call, bounds both. Hence at most _POINTWISE_MAX_ROWS_F32
 #:   output positions in float32.
+#: * bfloat16, strided, on another Zen 4 VM of the same family and model (the ninth session;
+#:   `python benchmarks/pointwise_ab.py --models r3d_18 r2plus1d_18 x3d_s --dtypes bfloat16`):
+#:   0.87-0.89x on the 64 -> 128 stride-2 shortcuts of R3D-18 / R(2+1)D-18 at their standard
+#:   16x56x56 (803k output values, a strided read of a 6.4 MB input), where the run above had
+#:   them level; 1.19-1.24x on the 128 -> 256 ones (200k) and 1.05-1.77x on X3D-S's stride-2
+#:   projections (at most 125k). So strided convolutions with more than
+#:   _POINTWISE_MAX_STRIDED_OUTPUT_BF16 output values go to oneDNN, which was at least level on
+#:   both machines. (The same run had the kernel at 0.88-0.99x on X3D-S's stride-1 expansions of
+#:   562k-1.1M output values, where the run above had it 1.10-1.24x faster: machines disagree
+#:   there, and the rule leaves those to the kernel.)
 _POINTWISE_MIN_CHANNELS = 32
 _POINTWISE_MAX_ROWS_F32 = 2048
+_POINTWISE_MAX_STRIDED_OUTPUT_BF16 = 500_000
 
 #: Limits of the AVX2 variant (CPUs without AVX512-BF16), from ``benchmarks/pointwise_ab.py`` on
 #: the project's 2-core AMD EPYC Zen 3 (AVX2, no AVX-512) against oneDNN's AVX2 1x1 kernel through
@@ -563,7 +574,10 @@ def _use_pointwise(key) -> bool:
         return rows * c_out <= _POINTWISE_AVX2_MAX_OUTPUT_F32
     if variant != "avx512_bf16" or not (c_in >= _POINTWISE_MIN_CHANNELS or _is_small_gemm(key)):
         return False
-    return dtype == torch.bfloat16 or rows <= _POINTWISE_MAX_ROWS_F32
+    if dtype == torch.bfloat16:
+        strided = tuple(stride) != (1, 1, 1)
+        return not (strided and rows * c_out > _POINTWISE_MAX_STRIDED_OUTPUT_BF16)
+    return rows <= _POINTWISE_MAX_ROWS_F32
 
 
 def _pointwise_route(dtype: torch.dtype) -> str:
