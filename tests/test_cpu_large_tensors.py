@@ -2,7 +2,8 @@
 
 Each test builds an input of just over 2**31 elements (4.3 GB in bfloat16) that is zero except
 for random values in three windows: at the start, across element 2**31 (where a 32-bit offset
-wraps) and at the end; runs one kernel of the ``cpu`` backend on it through the public op; and
+wraps) and at the end; runs one kernel of the ``cpu`` backend on it, through the public op
+(the BatchNorm statistics pass, which has none, through its private one); and
 checks the windows' outputs against the float64 oracle, plus a sample of the zero region (which
 a wrapped offset would have written into, or read instead of a window). The output of the
 convolutions is as large as the input, so output offsets cross 2**31 too.
@@ -104,7 +105,12 @@ def test_pointwise_kernel_past_2_31_elements(monkeypatch):
     2.15e9 elements in and out."""
     _need_memory(9)
     monkeypatch.delenv("VIDEOCONV_BACKEND", raising=False)
+    # The speed limits lifted (as in test_cpu_pointwise.py), so that any CPU with a variant of
+    # the kernel runs it here.
     monkeypatch.setattr(cpu_backend, "POINTWISE", True)
+    monkeypatch.setattr(cpu_backend, "_POINTWISE_AVX2_BF16_NATIVE_ONEDNN", True)
+    monkeypatch.setattr(cpu_backend, "_POINTWISE_AVX2_EXPANSION_OUTPUT_BF16", 1 << 62)
+    monkeypatch.setattr(cpu_backend, "_POINTWISE_MAX_STRIDED_OUTPUT_BF16", 1 << 62)
     shape = (1, 32, 2, 8192, 4100)
     positions = 2 * 8192 * 4100
     windows = _windows(positions, 32)
