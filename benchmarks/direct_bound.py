@@ -8,8 +8,8 @@ For each layer whose fused time (``videoconv-<backend>``) is under ``--target`` 
 eager (every layer with ``--all``): eager's and eager's convolution's (``conv-only``) times and
 rate, the fused speedup, and the bound ``eager / (2 * MACs / peak)``: a fused layer that did its
 convolution's multiply-adds at the peak rate and nothing else would be that much faster than
-eager. The MACs are the useful ones (taps on zero padding excluded, as the bench counts them);
-the peak is the one the bench measured in the same run (the faster of a square GEMM and a 3x3x3
+eager. The MACs are the useful ones (taps on zero padding excluded, as the bench's TFLOP/s
+count them, so the bound is the peak over eager's rate); the peak is the one the bench measured in the same run (the faster of a square GEMM and a 3x3x3
 convolution, ``environment.roofline``). Where the bound is under the target, no direct
 convolution can meet it on that machine, however well fused; only an algorithm with fewer
 products (Winograd, for stride-1 3x3 convolutions) can. The machine's speed drifts between the
@@ -20,7 +20,6 @@ not decisive.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 from collections import defaultdict
 
@@ -36,10 +35,7 @@ def main() -> None:
     with open(args.json) as f:
         data = json.load(f)
     env = data["environment"]
-    roofline = env["roofline"]
-    if isinstance(roofline, str):  # the bench writes the roofline's dict as its repr
-        roofline = ast.literal_eval(roofline)
-    peak = roofline["peak_tflops"][args.dtype]
+    peak = env["roofline"]["peak_tflops"][args.dtype]
     layers = defaultdict(dict)
     for row in data["rows"]:
         if row["level"] == "layer" and row["dtype"] == args.dtype and row["mode"] == "fwd":
@@ -60,8 +56,9 @@ def main() -> None:
         conv = providers.get("conv-only")
         conv_text = (f"{conv['median_ms']:.2f} ({conv['tflops']:.3f})" if conv is not None
                      else "—")
-        at_peak_ms = 2 * eager["gmacs"] * 1e9 / (peak * 1e12) * 1e3
-        bound = eager["median_ms"] / at_peak_ms
+        # eager's rate counts the useful products (the row's ``tflops``), so its time over
+        # theirs at peak is peak / rate. (``gmacs`` counts every tap, padding included.)
+        bound = peak / eager["tflops"]
         if bound < args.target:
             verdict = "no direct convolution reaches the target"
             under += 1
