@@ -118,7 +118,11 @@ def vector_lanes():
 def test_scale_act_both_vector_widths(vector_lanes, shape, dtype, fmt, act):
     """The 8- and 16-lane loops give the same bits, equal to float64 within tolerance, on any CPU,
     also for NaN of either sign (kept, as torch.relu keeps it), infinities and values beyond exp's
-    float32 range (|x * s| in the hundreds)."""
+    float32 range (|x * s| in the hundreds). On a CPU with AVX-512 BF16 the 16-lane loops are the
+    intrinsic ones (csrc/cpu/squeeze_excitation.cpp), the 8-lane ones the generic vector code: the
+    same float32 arithmetic step for step. The only differences are vcvtneps2bf16's: a bfloat16
+    NaN keeps its sign (c10's rounding makes it +NaN; compared here by position, not sign), and a
+    result below bfloat16's smallest normal is flushed to zero (none occurs here)."""
     x = _x(SHAPES[shape], torch.float64, torch.contiguous_format)
     flat = x.view(-1)
     flat[::7] *= 200.0
