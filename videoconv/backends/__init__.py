@@ -222,6 +222,17 @@ class ReferenceBackend(Backend):
 
         return reference.conv3d_bn_stats(**inputs)
 
+    @classmethod
+    def conv3d_input_weight_grad(cls, **inputs):
+        """ATen's gradient convolutions (``None``), except on CPU where ATen's bfloat16 weight
+        gradient is wrong, up to inf/NaN (videoconv/backends/cpu.py, ``_weight_grad_unsafe``):
+        there it is computed in float32, as the cpu backend does."""
+        if inputs["input"].device.type != "cpu":
+            return None
+        from .cpu import input_weight_grad_unless_aten_is_wrong
+
+        return input_weight_grad_unless_aten_is_wrong(**inputs)
+
 
 #: Backends in the order automatic selection tries them (fastest first; reference last).
 PRIORITY: List[Type[Backend]] = [ReferenceBackend]

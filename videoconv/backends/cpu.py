@@ -173,10 +173,37 @@ def _weight_grad_unsafe(dtype: torch.dtype, input_size, weight_shape, dilation) 
     among 1020 outside it. The input gradient was right on all of them, and float32 was right
     everywhere. Eager ``nn.Conv3d`` training in bfloat16 gets the same wrong gradients (the same
     ATen call). Such weight gradients are computed in float32 instead
-    (:meth:`CpuBackend.conv3d_input_weight_grad`); ``tests/test_backend_cpu.py`` keeps a sample,
+    (:func:`input_weight_grad_unless_aten_is_wrong`, on the cpu and reference backends);
+    ``tests/test_backend_cpu.py`` keeps a sample,
     ``test_bf16_weight_gradient_with_kernel_longer_than_input``."""
     return dtype == torch.bfloat16 and any(
         d * (k - 1) + 1 > n for n, k, d in zip(input_size[2:], weight_shape[2:], dilation))
+
+
+def input_weight_grad_unless_aten_is_wrong(*, grad_z, input, weight, stride, padding, dilation,
+                                           groups, output_mask):
+    """(grad_input, grad_weight) of a CPU convolution, or ``None`` to use ATen's gradient
+    convolutions (oneDNN): everywhere but where ATen's bfloat16 weight gradient is wrong
+    (:func:`_weight_grad_unsafe`). There the weight gradient is computed in float32 on the exactly
+    widened input and output gradient, rounded once (at least as accurate). The weight itself
+    only gives the shape there, so it is not widened: a float32 copy of a 512 x 512 x 3 x 3 x 3
+    weight is 28 MB per call. The input gradient stays on ATen's bfloat16 path: it was right on
+    every case of the grids, and 3618 input-gradient-only calls of the failing class (three
+    passes over the random grid's) neither crashed nor hung, where weight-gradient-only calls
+    hung in the second pass. The cpu backend's gradient, and the reference backend's on CPU
+    (the oracle must not be the one wrong: it calls the same ATen function)."""
+    need_x, need_w = output_mask
+    if not (need_w and _weight_grad_unsafe(input.dtype, input.shape, weight.shape, dilation)):
+        return None
+    args = (list(stride), list(padding), list(dilation), False, [0, 0, 0], groups)
+    grad_x = None
+    if need_x:
+        grad_x = torch.ops.aten.convolution_backward(
+            grad_z, input, weight, None, *args, [True, False, False])[0]
+    shape_only = grad_z.new_empty(1, dtype=torch.float32).expand(weight.shape)
+    grad_w = torch.ops.aten.convolution_backward(
+        grad_z.float(), input.float(), shape_only, None, *args, [False, True, False])[1]
+    return grad_x, grad_w.to(weight.dtype)
 
 
 class _Entry:
@@ -977,26 +1004,10 @@ class CpuBackend(Backend):
     def conv3d_input_weight_grad(cls, *, grad_z, input, weight, stride, padding, dilation, groups,
                                  output_mask):
         """(grad_input, grad_weight), or ``None`` to use ATen's gradient convolutions (oneDNN):
-        everywhere but where ATen's bfloat16 weight gradient is wrong (:func:`_weight_grad_unsafe`).
-        There the weight gradient is computed in float32 on the exactly widened input and
-        output gradient, rounded once (at least as accurate). The weight itself only gives the
-        shape there, so it is not widened: a float32 copy of a 512 x 512 x 3 x 3 x 3 weight is
-        28 MB per call. The input gradient stays on ATen's bfloat16 path: it was right on every
-        case of the grids, and 3618 input-gradient-only calls of the failing class (three passes
-        over the random grid's) neither crashed nor hung, where weight-gradient-only calls hung
-        in the second pass."""
-        need_x, need_w = output_mask
-        if not (need_w and _weight_grad_unsafe(input.dtype, input.shape, weight.shape, dilation)):
-            return None
-        args = (list(stride), list(padding), list(dilation), False, [0, 0, 0], groups)
-        grad_x = None
-        if need_x:
-            grad_x = torch.ops.aten.convolution_backward(
-                grad_z, input, weight, None, *args, [True, False, False])[0]
-        shape_only = grad_z.new_empty(1, dtype=torch.float32).expand(weight.shape)
-        grad_w = torch.ops.aten.convolution_backward(
-            grad_z.float(), input.float(), shape_only, None, *args, [False, True, False])[1]
-        return grad_x, grad_w.to(weight.dtype)
+        :func:`input_weight_grad_unless_aten_is_wrong`."""
+        return input_weight_grad_unless_aten_is_wrong(
+            grad_z=grad_z, input=input, weight=weight, stride=stride, padding=padding,
+            dilation=dilation, groups=groups, output_mask=output_mask)
 
     @classmethod
     def conv2plus1d_bn_act(cls, *, input, w1, scale1, shift1, w2, scale2, shift2, stride, padding,
