@@ -46,8 +46,13 @@ def test_check_passes_for_cpu_and_reference_and_catches_a_wrong_backend(monkeypa
     # a backend that is off by a little is reported as failing, with its error
     from videoconv.backends import cpu as cpu_backend
 
-    real = cpu_backend._conv
-    monkeypatch.setattr(cpu_backend, "_conv", lambda *a, **k: real(*a, **k) * 1.001)
+    real = cpu_backend._prepare
+
+    def off_by_a_little(*args, **kwargs):  # both the op's calls and its prepared calls use it
+        call = real(*args, **kwargs)
+        return lambda x, residual: call(x, residual) * 1.001
+
+    monkeypatch.setattr(cpu_backend, "_prepare", off_by_a_little)
     bad = check.run_check(["cpu"], quick=True, dtypes=("float32",))
     assert not any(r.ok for r in bad if r.error is not None and not r.case.startswith("stats"))
     assert "FAIL" in check.summarize(bad)

@@ -178,6 +178,14 @@ class Backend:
         return None
 
     @classmethod
+    def prepared_call_settings(cls) -> Any:
+        """Optional: what this backend's prepared calls depend on besides their arguments, as one
+        hashable value (run-time switches of its routes; the ``cpu`` backend's ``WINOGRAD``,
+        limits, ...). The operators' own cache of prepared calls compares it on every call
+        (videoconv/ops/_direct.py, ``OpPreparedCalls``), so it must be cheap. None: nothing."""
+        return None
+
+    @classmethod
     def conv2plus1d_bn_act(cls, *, input, w1, scale1, shift1, w2, scale2, shift2, stride, padding,
                            activation, temporal_first, residual):
         raise NotImplementedError(f"backend {cls.name!r} does not implement conv2plus1d_bn_act")
@@ -296,6 +304,11 @@ def get_backend(name: str) -> Type[Backend]:
 def available() -> Dict[str, List[str]]:
     """Backend name -> reasons it cannot run on this install (an empty list if it can)."""
     return {b.name: b.environment_reasons() for b in PRIORITY}
+
+
+def prepared_call_settings() -> tuple:
+    """Every registered backend's :meth:`Backend.prepared_call_settings`, in priority order."""
+    return tuple([b.prepared_call_settings() for b in PRIORITY])
 
 
 def forced_backend() -> Optional[str]:

@@ -79,6 +79,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import types
 import warnings
 import weakref
 from typing import Any, Dict, List, Optional, Tuple
@@ -222,10 +223,12 @@ class _Entry:
 
 
 def _version(t: torch.Tensor) -> Optional[int]:
-    try:
-        return t._version
-    except RuntimeError:  # inference tensor
-        return None
+    """``t._version``, None for an inference tensor (which has none). Asked first rather than
+    caught: reading an inference tensor's version raises, and the error is built with a C++
+    backtrace, 8-18 µs a time. Under ``torch.compile`` with ``inference_mode`` every call's
+    scale and shift are such tensors (computed by the compiled graph): two reads per call were
+    ~4 ms of X3D-S's ~40 ms compiled bfloat16 forward."""
+    return None if t.is_inference() else t._version
 
 
 def _seen(scale: torch.Tensor, shift: torch.Tensor):
@@ -282,9 +285,8 @@ class _PackCache:
                 del self._entries[wid]
 
     def get(self, weight, scale, shift, key) -> Tuple[torch.Tensor, torch.Tensor]:
-        try:
-            version = weight._version
-        except RuntimeError:  # inference tensor: no version counter, so no safe caching
+        version = _version(weight)
+        if version is None:  # inference tensor: no version counter, so no safe caching
             self.misses += 1
             _warn_repacking_inference_weight()
             return _pack(weight, scale, shift, key)
@@ -684,6 +686,18 @@ def _winograd_weight(folded: torch.Tensor, tile: int = 4) -> torch.Tensor:
     return u.reshape(taps, g.shape[0] ** 2, c_in, -1).float().contiguous()
 
 
+def _owned(shift: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A contiguous ``dtype`` copy of ``shift`` that nothing else refers to, for the pack cache.
+    Never ``shift`` itself (which ``.to(dtype).contiguous()`` returns when it already is one):
+    the entry outlives the call, and a caller's shift may be memory its owner reuses.
+    ``torch.compile``'s graphs pass the folded shift in a buffer of the graph's own, which its
+    later kernels overwrite without bumping a version counter: the cached bias then changed
+    under the entry, and a later call with an equal shift (a hit) added garbage (seen: a
+    compiled fused model 1.6 off after a weight update, and the eager model after the compiled
+    one had run)."""
+    return shift.detach().to(dtype=dtype, memory_format=torch.contiguous_format, copy=True)
+
+
 def _pack(weight, scale, shift, cache_key):
     # cache_key = (key, route): the route ("winograd" (F(4x4)), "winograd-7x7", "pointwise",
     # "pointwise-f32" (the AVX2 1x1x1 kernel computing a bfloat16 convolution in float32),
@@ -698,17 +712,17 @@ def _pack(weight, scale, shift, cache_key):
     dtype = weight.dtype
     with torch.no_grad():
         w = weight.detach().double() * scale.detach().double().view(-1, 1, 1, 1, 1)
-        bias = shift.detach().to(dtype).contiguous()
+        bias = _owned(shift, dtype)
         if route == "onednn" and _is_small_gemm(key):  # a (C_out, C_in) float32 matrix
             return w.to(dtype).reshape(w.shape[0], w.shape[1]).float().contiguous(), bias.float()
         if route in ("winograd", "winograd-7x7"):  # the transformed weight and a float32 shift
             # From the float64 folded weight, with no rounding to the dtype first: oneDNN needs
             # the weight in the input's dtype, this kernel does not.
             return (_winograd_weight(w, 7 if route == "winograd-7x7" else 4),
-                    shift.detach().float().contiguous())
+                    _owned(shift, torch.float32))
         if route in ("pointwise", "pointwise-f32"):  # the packed weight and a float32 shift
             return (_pointwise_weight(w, dtype, widened=route == "pointwise-f32"),
-                    shift.detach().float().contiguous())
+                    _owned(shift, torch.float32))
         w = w.to(dtype)
         if route == "onednn-2d":  # the (kt, 1) weight of the (D, H*W) view, prepacked
             n, c, d, h, wd = input_size
@@ -717,9 +731,9 @@ def _pack(weight, scale, shift, cache_key):
                 w2d, [padding[0], 0], [stride[0], 1], [dilation[0], 1], groups, [n, c, d, h * wd])
             return packed, bias
         if route == "aten-f32":  # a plain float32 weight holding the weight rounded to dtype
-            return w.to(dtype).float().contiguous(), shift.detach().float().contiguous()
+            return w.to(dtype).float().contiguous(), _owned(shift, torch.float32)
         if route == "onednn-f32":  # rounded to bfloat16 as above, computed in float32
-            w, bias = w.float(), shift.detach().float().contiguous()
+            w, bias = w.float(), _owned(shift, torch.float32)
         w = w.contiguous(memory_format=torch.channels_last_3d)
         packed = torch.ops.mkldnn._reorder_convolution_weight(
             w, list(padding), list(stride), list(dilation), groups, list(input_size))
@@ -916,6 +930,24 @@ def _binary(mk, x, residual, packed, bias, padding, stride, dilation, groups, ac
 _stats_kernel: Optional[bool] = None
 
 
+#: What the routes depend on besides a call's arguments: the switches and limits above (every
+#: module-level name in capitals, found below) and the functions that tests and the A/B scripts
+#: replace at run time. :func:`_route_settings` reads them, as part of the operators' guard on
+#: the prepared calls they keep (``CpuBackend.prepared_call_settings``,
+#: videoconv/ops/_direct.py, OpPreparedCalls): a switch flipped at run time is then seen there,
+#: as the pack cache sees it through the route in its key.
+_ROUTE_FUNCTIONS = ("_widened", "_onednn_unsafe", "_is_small_gemm", "_use_winograd",
+                    "_winograd_tile", "_use_temporal_2d", "_use_pointwise", "_pointwise_route",
+                    "_onednn_bf16_native", "_prepare", "_pack", "_conv")
+
+
+def _route_settings() -> tuple:
+    """The values of the names in :data:`_ROUTE_SETTINGS` now, and the 1x1x1 kernel's variant
+    (which the vector width the tests force chooses, in C++)."""
+    names = globals()
+    return tuple([names[n] for n in _ROUTE_SETTINGS]) + (_pointwise_variant(),)
+
+
 def _has_stats_kernel() -> bool:
     global _stats_kernel
     if _stats_kernel is None:
@@ -965,6 +997,10 @@ class CpuBackend(Backend):
                       activation, residual):
         return _conv(input, weight, scale, shift, stride, padding, dilation, groups, activation,
                      residual)
+
+    @classmethod
+    def prepared_call_settings(cls) -> tuple:
+        return _route_settings()
 
     @classmethod
     def prepare_conv3d_bn_act(cls, *, input, weight, scale, shift, stride, padding, dilation,
@@ -1053,3 +1089,14 @@ class CpuBackend(Backend):
             h_fmt, in_layout, call = stage
             return call(h if in_layout else h.contiguous(memory_format=h_fmt), residual)
         return run
+
+
+# Every capitalised module-level setting (WINOGRAD, _POINTWISE_MAX_ROWS_F32, ...), found rather
+# than listed so that a new one cannot be left out; the activation map is not a switch (and not
+# hashable).
+_ROUTE_SETTINGS = tuple(sorted(
+    name for name, value in list(globals().items())
+    if name.lstrip("_")[:1].isupper() and name.lstrip("_").replace("_", "").isalnum()
+    and name.lstrip("_").upper() == name.lstrip("_")
+    and name not in ("_ONEDNN_ACT", "_ROUTE_FUNCTIONS", "_ROUTE_SETTINGS")
+    and not isinstance(value, (type, types.ModuleType)))) + _ROUTE_FUNCTIONS

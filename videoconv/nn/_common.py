@@ -517,10 +517,10 @@ def _sources_key(sources: Sequence[Optional[Tensor]]) -> Tuple[tuple, bool]:
         if t is None:
             key.append(None)
             continue
-        try:
-            version = t._version
-        except RuntimeError:
+        if t.is_inference():  # no version counter (asked, not caught: see cpu._version)
             version, versioned = -1, False
+        else:
+            version = t._version
         key += (id(t), t.data_ptr(), version, t.dtype, t.device)
     return tuple(key), versioned
 

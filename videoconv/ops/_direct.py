@@ -45,6 +45,7 @@ early there).
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
@@ -53,7 +54,7 @@ from torch.overrides import has_torch_function
 
 from .. import backends
 
-__all__ = ["DirectPlan", "dispatcher_unobservable", "tensor_signature"]
+__all__ = ["DirectPlan", "OpPreparedCalls", "dispatcher_unobservable", "tensor_signature"]
 
 _PLAIN = (Tensor, torch.nn.Parameter)
 
@@ -126,3 +127,100 @@ class DirectPlan:
             backend = backends.select_backend(op_name, **inputs)
             self.entry = (key, backend)
         return getattr(backend, op_name)(**inputs)
+
+
+#: What :meth:`OpPreparedCalls.find` returns when the backend has no prepared call for a known
+#: signature: take the kernel's full path, and do not ask again.
+NO_PREPARED_CALL = object()
+
+
+class OpPreparedCalls:
+    """The operators' own kernels' prepared calls (``Backend.prepare_<op>``), one per weight
+    tensor: what the modules' eval fast path keeps per module (above), for whoever calls the
+    operator itself. That is ``torch.compile``'s and ``torch.export``'s graphs, which call
+    ``torch.ops.videoconv.*`` with the parameters and with the folded scale and shift recomputed
+    as new tensors on every forward, and direct callers of ``videoconv.ops``.
+
+    Why: without it the kernel validates the arguments (~7 µs), selects a backend (~5 µs) and
+    prepares the backend's call again (~15-20 µs: pack-cache lookup and value checks, the route's
+    closure) on every call, ~30 µs of Python before any arithmetic. X3D-S makes 116 such calls a
+    forward: ``torch.compile(videoconv.fuse(x3d_s))`` ran at 0.80x of the fused model in eager
+    (bfloat16, 2-core Zen 4), where the modules hold prepared calls.
+
+    Guard. An entry is found by its first weight's identity (a weak reference: the entry dies
+    with the weight) and holds while all of these are what they were when it was made:
+
+    * each weight's identity, storage address, version counter (bumped by any in-place change:
+      an optimiser step, ``copy_``), shape, strides, dtype and device. The other weights and every
+      weight's storage are kept alive with the entry, so no recycled id or address can match.
+      Weights that are inference tensors have no version counter and are never cached;
+    * the *values* of the per-channel tensors (scale and shift), against copies: they are new
+      tensors on every compiled call, and comparing ``C_out`` values costs ~1 µs;
+    * the signature (shape, strides, dtype, device) of every other tensor (input, residual), the
+      non-tensor arguments, the forced backend, the registered backends and their run-time
+      switches (``Backend.prepared_call_settings``: the ``cpu`` backend's routes).
+
+    A hit calls the prepared call, which computes what the backend's op method would: the same
+    tensor. It skips validation, which depends only on what the guard compares. A miss takes the
+    kernel's full path and replaces the entry (one per first weight)."""
+
+    __slots__ = ("_entries", "hits")
+
+    def __init__(self) -> None:
+        self._entries: Dict[int, tuple] = {}
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    @staticmethod
+    def _key(weights: Tuple[Tensor, ...], values: Tuple[Tensor, ...],
+             others: Tuple[Optional[Tensor], ...], args: Tuple[Any, ...]) -> Optional[tuple]:
+        parts = []
+        for w in weights:
+            if type(w) not in _PLAIN or w.is_inference():
+                return None  # subclasses (and their own semantics), or no version counter
+            parts.append((id(w), w.data_ptr(), w._version, w.shape, w.stride(), w.dtype,
+                          w.device))
+        for t in values + others:
+            if t is not None and type(t) not in _PLAIN:
+                return None
+        return (tuple(parts), tuple(tensor_signature(t) for t in values),
+                tuple(tensor_signature(t) for t in others), args, backends.forced_backend(),
+                tuple(backends.PRIORITY), backends.prepared_call_settings())
+
+    def find(self, weights: Tuple[Tensor, ...], values: Tuple[Tensor, ...],
+             others: Tuple[Optional[Tensor], ...], args: Tuple[Any, ...]):
+        """``(call, key)``: the prepared call kept for exactly these arguments (or
+        :data:`NO_PREPARED_CALL`, with no key), else None and the key to :meth:`keep` the call
+        the kernel prepares (None: nothing may be kept)."""
+        key = self._key(weights, values, others, args)
+        if key is None:
+            return None, None
+        entry = self._entries.get(id(weights[0]))
+        if (entry is not None and entry[0]() is weights[0] and entry[1] == key
+                and all(torch.equal(kept, v) for kept, v in zip(entry[2], values))):
+            if entry[3] is None:
+                return NO_PREPARED_CALL, None
+            self.hits += 1
+            return entry[3], None
+        return None, key
+
+    def keep(self, key: tuple, weights: Tuple[Tensor, ...], values: Tuple[Tensor, ...],
+             call: Optional[Callable]) -> None:
+        """Keep ``call`` (None: the backend has none) for the arguments ``key`` was made from."""
+        wid = id(weights[0])
+        entries = self._entries
+
+        def drop(ref, wid=wid):
+            current = entries.get(wid)
+            if current is not None and current[0] is ref:
+                del entries[wid]
+
+        referents = (weights[1:], tuple(w.untyped_storage() for w in weights))
+        with torch.no_grad():
+            copies = tuple(v.detach().clone() for v in values)
+        entries[wid] = (weakref.ref(weights[0], drop), key, copies, call, referents)

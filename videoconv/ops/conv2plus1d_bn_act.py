@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .. import backends
 from ..backends.reference import epilogue, split_2plus1d
-from ._direct import DirectPlan, dispatcher_unobservable
+from ._direct import NO_PREPARED_CALL, DirectPlan, OpPreparedCalls, dispatcher_unobservable
 from ._validation import as_triple, canonical_activation, check_conv2plus1d_bn_act
 from .conv3d_bn_act import conv_bn_act_backward
 
@@ -91,9 +91,19 @@ def conv2plus1d_bn_act(
     )
 
 
+#: The kernel's prepared calls, per first weight (see videoconv/ops/_direct.py,
+#: OpPreparedCalls).
+PREPARED_CALLS = OpPreparedCalls()
+
+
 @torch.library.register_kernel(_OP, ("cpu", "cuda"))
 def _conv2plus1d_bn_act_kernel(input, w1, scale1, shift1, w2, scale2, shift2, stride, padding,
                                activation, temporal_first, residual):
+    weights, values = (w1, w2), (scale1, shift1, scale2, shift2)
+    args = (tuple(stride), tuple(padding), activation, bool(temporal_first))
+    call, key = PREPARED_CALLS.find(weights, values, (input, residual), args)
+    if call is not None and call is not NO_PREPARED_CALL:
+        return call(input, residual)
     _, out_shape = check_conv2plus1d_bn_act(input, w1, scale1, shift1, w2, scale2, shift2,
                                             stride, padding, activation, temporal_first, residual)
     inputs = dict(
@@ -105,6 +115,11 @@ def _conv2plus1d_bn_act_kernel(input, w1, scale1, shift1, w2, scale2, shift2, st
     backend = backends.select_backend("conv2plus1d_bn_act", **inputs)
     if input.shape[0] == 0:
         return backends.empty_output(input, out_shape)
+    if key is not None:
+        call = backend.prepare_conv2plus1d_bn_act(**inputs)
+        PREPARED_CALLS.keep(key, weights, values, call)
+        if call is not None:
+            return call(input, residual)
     return backend.conv2plus1d_bn_act(**inputs)
 
 

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .. import backends
 from ..backends.reference import opmath_dtype
-from ._direct import DirectPlan, dispatcher_unobservable
+from ._direct import NO_PREPARED_CALL, DirectPlan, OpPreparedCalls, dispatcher_unobservable
 from ._validation import as_triple, canonical_activation, check_conv3d_bn_act
 
 __all__ = ["conv3d_bn_act"]
@@ -131,9 +131,17 @@ def _inputs(input, weight, scale, shift, stride, padding, dilation, groups, acti
     )
 
 
+#: The kernel's prepared calls, per weight (see videoconv/ops/_direct.py, OpPreparedCalls).
+PREPARED_CALLS = OpPreparedCalls()
+
+
 @torch.library.register_kernel(_OP, ("cpu", "cuda"))
 def _conv3d_bn_act_kernel(input, weight, scale, shift, stride, padding, dilation, groups,
                           activation, residual):
+    args = (tuple(stride), tuple(padding), tuple(dilation), groups, activation)
+    call, key = PREPARED_CALLS.find((weight,), (scale, shift), (input, residual), args)
+    if call is not None and call is not NO_PREPARED_CALL:
+        return call(input, residual)
     out_shape = check_conv3d_bn_act(input, weight, scale, shift, stride, padding, dilation,
                                     groups, activation, residual)
     inputs = _inputs(input, weight, scale, shift, stride, padding, dilation, groups, activation,
@@ -141,6 +149,11 @@ def _conv3d_bn_act_kernel(input, weight, scale, shift, stride, padding, dilation
     backend = backends.select_backend("conv3d_bn_act", **inputs)
     if input.shape[0] == 0:
         return backends.empty_output(input, out_shape)
+    if key is not None:
+        call = backend.prepare_conv3d_bn_act(**inputs)
+        PREPARED_CALLS.keep(key, (weight,), (scale, shift), call)
+        if call is not None:
+            return call(input, residual)
     return backend.conv3d_bn_act(**inputs)
 
 
