@@ -53,7 +53,7 @@ DEVICES = (("cpu", "CPU"), ("cuda", "GPU"))
 #: where it has them, so a `make bench` rerun on another CPU is labelled as what it ran on; these
 #: labels are for the results recorded before that.
 SUMMARY = (
-    ("Zen 4, AVX512-BF16", "models_s8_zen4_cpu"),
+    ("Zen 4, AVX512-BF16", "models_s10_zen4_cpu"),
     ("Zen 3, AVX2 only", "bench_avx2_cpu"),
     ("Zen 5, AVX-512 full width", "models_s6_zen5_cpu"),
 )
