@@ -276,9 +276,10 @@ VIDEOCONV_ISA_CLONES void scale_act_cl_items(const T* x, const T* s, T* y, int64
 
 bool avx512_bf16_cpu() {
 #if VIDEOCONV_X86_GCC
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-                          __builtin_cpu_supports("avx512bf16");
+  static const bool has =
+      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512bf16");
   return has;
 #else
   return false;
@@ -396,7 +397,9 @@ void scale_act_planes_items(const T* x, const T* s, T* y, int64_t positions, int
     const T* in = x + plane * positions;
     T* out = y + plane * positions;
     int64_t i = i_begin;
-    for (; i + kLanes <= i_end; i += kLanes) store(activate<Act>(_mm512_mul_ps(load(in + i), sc)), out + i);
+    for (; i + kLanes <= i_end; i += kLanes) {
+      store(activate<Act>(_mm512_mul_ps(load(in + i), sc)), out + i);
+    }
     if (i < i_end) {
       const __mmask16 m = static_cast<__mmask16>((1u << (i_end - i)) - 1u);
       store_first(activate<Act>(_mm512_mul_ps(load_first(in + i, m), sc)), out + i, m);

@@ -938,14 +938,17 @@ _stats_kernel: Optional[bool] = None
 #: as the pack cache sees it through the route in its key.
 _ROUTE_FUNCTIONS = ("_widened", "_onednn_unsafe", "_is_small_gemm", "_use_winograd",
                     "_winograd_tile", "_use_temporal_2d", "_use_pointwise", "_pointwise_route",
-                    "_onednn_bf16_native", "_prepare", "_pack", "_conv")
+                    "_prepare", "_pack", "_conv")
 
 
 def _route_settings() -> tuple:
-    """The values of the names in :data:`_ROUTE_SETTINGS` now, and the 1x1x1 kernel's variant
-    (which the vector width the tests force chooses, in C++)."""
+    """The values of the names in :data:`_ROUTE_SETTINGS` now, whether oneDNN computes bfloat16
+    natively (through :func:`onednn_bf16_supported`, not its cache, which is filled during the
+    first call: a key read before it would never match one read after) and the 1x1x1 kernel's
+    variant (which the vector width the tests force chooses, in C++)."""
     names = globals()
-    return tuple([names[n] for n in _ROUTE_SETTINGS]) + (_pointwise_variant(),)
+    return tuple([names[n] for n in _ROUTE_SETTINGS]) + (onednn_bf16_supported(),
+                                                          _pointwise_variant())
 
 
 def _has_stats_kernel() -> bool:

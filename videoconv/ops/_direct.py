@@ -144,9 +144,10 @@ class OpPreparedCalls:
     Why: without it the kernel validates the arguments (~7 µs), selects a backend (~5 µs) and
     prepares the backend's call again (~15-20 µs: pack-cache lookup and value checks, the route's
     closure) on every call, ~30 µs of Python before any arithmetic. X3D-S makes 116 such calls a
-    forward: ``torch.compile(videoconv.fuse(x3d_s))`` ran at 0.80x of the fused model in eager
-    (bfloat16, 2-core Zen 4; 0.70x before the cpu backend stopped raising to read inference
-    tensors' versions), where the modules hold prepared calls; with this cache 0.86x.
+    forward: ``torch.compile(videoconv.fuse(x3d_s))`` ran at 0.695x of the fused model in eager
+    (bfloat16, 2-core Zen 4, benchmarks/compiled_fused_ab.py), where the modules hold prepared
+    calls; 0.887x with this cache (and the cpu backend no longer raising and catching an error
+    to read an inference tensor's version, 8-18 µs a time, twice a call).
 
     Guard. An entry is found by its first weight's identity (a weak reference: the entry dies
     with the weight) and holds while all of these are what they were when it was made:
