@@ -224,3 +224,26 @@ def test_the_eager_model_after_the_compiled_one():
         _close(compiled(x), expected)
         _close(fused(x), expected)
         _close(compiled(x), expected)
+
+
+def _route_switches():
+    from videoconv.backends import cpu
+
+    return [n for n in cpu._ROUTE_SETTINGS if isinstance(getattr(cpu, n), (bool, int, float))]
+
+
+@pytest.mark.parametrize("name", _route_switches())
+def test_every_cpu_route_switch_is_part_of_the_guard(name, monkeypatch):
+    """Flipping any of the cpu backend's capitalised settings at run time (as tests and the A/B
+    scripts do) makes the next call take the full path, which re-decides the route."""
+    from videoconv.backends import cpu
+
+    x, w, scale, shift = _args(seed=6)
+    with torch.no_grad():
+        conv3d_bn_act(x, w, scale, shift, padding=1)
+        value = getattr(cpu, name)
+        monkeypatch.setattr(cpu, name, (not value) if isinstance(value, bool) else value + 1)
+        hits = _hits()
+        y = conv3d_bn_act(x, w, scale, shift, padding=1)
+    assert _hits() == hits
+    _close(y, _expected(x, w, scale, shift, 1))
