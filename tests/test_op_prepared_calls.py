@@ -2,13 +2,14 @@
 ``torch.compile``'s and ``torch.export``'s graphs and direct ``videoconv.ops`` callers get. A
 repeated call with the same weight, the same scale/shift values and the same signature runs the
 kept call; anything that changes the answer (weight values or storage, scale/shift values, the
-input's signature, the conv arguments, the forced backend) takes the full path again, and every
-result equals float64."""
+input's signature, the conv arguments, the forced backend, the cpu backend's route switches)
+takes the full path again, and every result equals float64."""
 
 from __future__ import annotations
 
 import copy
 import gc
+import importlib
 
 import pytest
 import torch
@@ -17,17 +18,13 @@ import torch.nn.functional as F
 import videoconv
 from videoconv import backends
 from videoconv.ops import conv2plus1d_bn_act, conv3d_bn_act
-from videoconv.ops import conv2plus1d_bn_act as unit_module
-from videoconv.ops import conv3d_bn_act as conv_module
 
 CL = torch.channels_last_3d
 
-# The modules that hold the two kernels' caches.
-import importlib  # noqa: E402
-
+# The modules that hold the two kernels' caches (videoconv.ops exports the functions under the
+# modules' names).
 _conv_ops = importlib.import_module("videoconv.ops.conv3d_bn_act")
 _unit_ops = importlib.import_module("videoconv.ops.conv2plus1d_bn_act")
-del conv_module, unit_module
 
 
 def _expected(x, w, scale, shift, padding, residual=None, activation="relu"):
