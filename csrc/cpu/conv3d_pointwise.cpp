@@ -539,19 +539,7 @@ void conv3d_pointwise_avx2(const T* x, const float* w, const float* shift, const
 //   "":            neither (or another compiler / architecture).
 // vec16::forced_lanes = 8 (videoconv::_cpu_vector_lanes(8)) picks "avx2" on an AVX-512 CPU too,
 // so that the tests run both kernels there.
-bool cpu_has_avx512_bf16() {
-#if VIDEOCONV_POINTWISE_X86
-  static const bool has = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512bf16");
-  }();
-  return has;
-#else
-  return false;
-#endif
-}
+bool cpu_has_avx512_bf16() { return vec16::cpu_has_avx512_bf16(); }
 
 bool cpu_has_avx2_fma() {
 #if VIDEOCONV_POINTWISE_X86

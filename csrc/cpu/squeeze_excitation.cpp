@@ -201,6 +201,15 @@ at::Tensor channel_mean_cpu(const at::Tensor& x) {
 constexpr int64_t kScalePositions = 256;
 constexpr int64_t kScalePlane = 16384;
 
+// A sample's scale laid out for a block of 16 positions, scale[k mod C] for 16 C lanes (see
+// channel_mean_cl_items): what both scale_act loops below multiply by.
+template <typename T>
+inline void fill_scale_pattern(const T* s, int64_t channels, std::vector<float>& pattern) {
+  for (int64_t c = 0; c < channels; c++) pattern[c] = static_cast<float>(s[c]);
+  for (int64_t b = 1; b < kLanes; b++)
+    std::copy(pattern.begin(), pattern.begin() + channels, pattern.begin() + b * channels);
+}
+
 // channels_last_3d, items i0 .. i1 - 1 (a sample's chunk of kScalePositions positions each, a
 // multiple of 16): blocks of 16 positions are C whole vectors (see channel_mean_cl_items), so
 // the scale is laid out once per sample in that pattern, scale[k mod C] for 16 C lanes, and
@@ -217,9 +226,7 @@ __attribute__((always_inline)) inline void scale_act_cl_items_at(const T* x, con
   for (int64_t item = i0; item < i1; item++) {
     const int64_t n = item / chunks, chunk = item % chunks;
     if (n != pattern_of) {
-      for (int64_t c = 0; c < channels; c++) pattern[c] = static_cast<float>(s[n * channels + c]);
-      for (int64_t b = 1; b < kLanes; b++)
-        std::copy(pattern.begin(), pattern.begin() + channels, pattern.begin() + b * channels);
+      fill_scale_pattern(s + n * channels, channels, pattern);
       pattern_of = n;
     }
     const int64_t p0 = chunk * kScalePositions, p1 = std::min(positions, p0 + kScalePositions);
@@ -274,21 +281,9 @@ VIDEOCONV_ISA_CLONES void scale_act_cl_items(const T* x, const T* s, T* y, int64
 // its sign (c10's conversion rounds the first and makes the second +NaN), as in oneDNN's bfloat16
 // outputs and the 1x1x1 kernel's (conv3d_pointwise.cpp).
 
-bool avx512_bf16_cpu() {
-#if VIDEOCONV_X86_GCC
-  static const bool has =
-      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-      __builtin_cpu_supports("avx512bf16");
-  return has;
-#else
-  return false;
-#endif
-}
-
 // The intrinsic loops run where vectors are 16 lanes (wide_vectors(): also when the tests force
 // 16) on a CPU that has the instructions; the generic loops everywhere else (and with 8 forced).
-bool avx512_scale_act() { return wide_vectors() && avx512_bf16_cpu(); }
+bool avx512_scale_act() { return wide_vectors() && cpu_has_avx512_bf16(); }
 
 #if VIDEOCONV_X86_GCC
 // -Wmaybe-uninitialized reports inside the intrinsics' headers are a known false positive (as in
@@ -361,9 +356,7 @@ void scale_act_cl_items(const T* x, const T* s, T* y, int64_t channels, int64_t 
   for (int64_t item = i0; item < i1; item++) {
     const int64_t n = item / chunks, chunk = item % chunks;
     if (n != pattern_of) {
-      for (int64_t c = 0; c < channels; c++) pattern[c] = static_cast<float>(s[n * channels + c]);
-      for (int64_t b = 1; b < kLanes; b++)
-        std::copy(pattern.begin(), pattern.begin() + channels, pattern.begin() + b * channels);
+      fill_scale_pattern(s + n * channels, channels, pattern);
       pattern_of = n;
     }
     const int64_t p0 = chunk * kScalePositions, p1 = std::min(positions, p0 + kScalePositions);

@@ -67,6 +67,23 @@ static inline bool wide_vectors() {
 #endif
 }
 
+// Whether the CPU has AVX-512 F/BW/VL/DQ and AVX512-BF16: what the intrinsic kernels compiled for
+// that target need (the 1x1x1 kernel in conv3d_pointwise.cpp, scale_act's loops in
+// squeeze_excitation.cpp). One copy per translation unit (static), each evaluated once.
+static inline bool cpu_has_avx512_bf16() {
+#if VIDEOCONV_X86_GCC
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bf16");
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
 // Per width: its lane count, the integer vectors of the same width, and the types that view
 // memory at any element-aligned address (unaligned vmovups) and may alias the tensors' float /
 // bfloat16 data. Width<vf16> and Width<vf8>.
